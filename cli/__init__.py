@@ -1,0 +1,1 @@
+"""The `ssaseg-keras` command-line app (installed as the package `ssaseg_keras_cli`)."""

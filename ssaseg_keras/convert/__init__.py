@@ -1,0 +1,34 @@
+"""Converters from the reference implementation's checkpoints (PyTorch, mmseg 0.30 layout)."""
+
+from ssaseg_keras.convert import ssa as _ssa_mappings  # noqa: F401  (registers the SSA mapping)
+from ssaseg_keras.convert.reference import (
+    LoadReport,
+    ReferenceWeightsError,
+    conv_kernel,
+    conv_mapping,
+    dense_mapping,
+    depthwise_kernel,
+    identity,
+    linear_kernel,
+    load_reference_weights,
+    norm_mapping,
+    pointwise_as_dense,
+    reference_mapping,
+    register_reference_mapping,
+)
+
+__all__ = [
+    "LoadReport",
+    "ReferenceWeightsError",
+    "conv_kernel",
+    "conv_mapping",
+    "dense_mapping",
+    "depthwise_kernel",
+    "identity",
+    "linear_kernel",
+    "load_reference_weights",
+    "norm_mapping",
+    "pointwise_as_dense",
+    "reference_mapping",
+    "register_reference_mapping",
+]

@@ -1,0 +1,1 @@
+"""tf.data pipelines, dataset sources and segmentation metrics (imports TensorFlow lazily)."""

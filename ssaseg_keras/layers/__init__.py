@@ -1,0 +1,5 @@
+"""Keras layers of ssaseg-keras. `SSAClassifier` is SSA-Seg's drop-in replacement for a head's classifier."""
+
+from ssaseg_keras.layers.ssa import PrototypeMLP, SSAClassifier, l2_normalize
+
+__all__ = ["PrototypeMLP", "SSAClassifier", "l2_normalize"]

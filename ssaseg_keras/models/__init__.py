@@ -1,0 +1,1 @@
+"""Segmentation models: backbones, decode heads and the segmentor that joins them to a classifier."""

@@ -1,0 +1,1 @@
+"""Backbones returning a 4-level feature pyramid (NHWC)."""

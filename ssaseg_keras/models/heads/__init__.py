@@ -1,0 +1,1 @@
+"""Decode heads: they return the features F that a classifier (plain or SSA) turns into logits."""

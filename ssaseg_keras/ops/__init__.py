@@ -1,0 +1,10 @@
+"""Backend-agnostic tensor functions shared by layers, losses and models (keras.ops only)."""
+
+from ssaseg_keras.ops.resize import (
+    bilinear_matrix,
+    downsample_labels,
+    nearest_legacy_indices,
+    resize_bilinear,
+)
+
+__all__ = ["bilinear_matrix", "downsample_labels", "nearest_legacy_indices", "resize_bilinear"]

@@ -1,0 +1,1 @@
+"""Training from recipes: optimizer, schedule, checkpoints, the fit loop's callbacks."""
