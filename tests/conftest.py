@@ -1,0 +1,81 @@
+"""Shared test helpers. The suite runs once per backend (tox sets KERAS_BACKEND for each env).
+
+Per-backend code lives only here, in test utilities (autodiff and compilers are backend APIs); the
+library itself is backend-agnostic.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+
+import keras
+import numpy as np
+import pytest
+
+DATA_DIR = pathlib.Path(__file__).parent / "data"
+BACKEND = keras.backend.backend()
+ALL_BACKENDS = ("tensorflow", "jax", "torch")
+
+# Keep TensorFlow (used by tf.data in some tests) off any GPU when it is not the Keras backend.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def to_numpy(x):
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def value_and_grad(fn, x):
+    """(fn(x), d fn / d x) as numpy, for a scalar-valued fn of one tensor, with the backend's autodiff."""
+    if BACKEND == "jax":
+        import jax
+
+        value, grad = jax.value_and_grad(fn)(jax.numpy.asarray(x))
+    elif BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        xt = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(xt)
+            value = fn(xt)
+        grad = tape.gradient(value, xt)
+    elif BACKEND == "torch":
+        import torch
+
+        xt = torch.tensor(x, requires_grad=True)
+        value = fn(xt)
+        value.backward()
+        grad = xt.grad
+    else:  # pragma: no cover
+        raise NotImplementedError(BACKEND)
+    return to_numpy(value), to_numpy(grad)
+
+
+def compile_fn(fn):
+    """fn compiled by the backend's graph compiler with static shapes and no fallback to eager:
+    jax.jit, tf.function(jit_compile=True) (XLA), torch.compile(fullgraph=True). A host round trip or
+    a shape-dependent Python branch inside fn makes this fail."""
+    if BACKEND == "jax":
+        import jax
+
+        return jax.jit(fn)
+    if BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, jit_compile=True)
+    if BACKEND == "torch":
+        import torch
+
+        torch._dynamo.reset()
+        return torch.compile(fn, fullgraph=True, backend="aot_eager", dynamic=False)
+    raise NotImplementedError(BACKEND)  # pragma: no cover
+
+
+@pytest.fixture(scope="session")
+def golden_head():
+    """The reference's SSA head fixture (see /shared/golden/README.md), NCHW as stored."""
+    return dict(np.load(DATA_DIR / "ssa_head_small.npz"))
+
+
+def nchw_to_nhwc(x):
+    return np.transpose(x, (0, 2, 3, 1))

@@ -1,0 +1,122 @@
+"""SSAClassifier and ssa_loss_terms against the reference implementation's arrays (float32)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import nchw_to_nhwc, to_numpy, value_and_grad
+from keras import ops
+
+from ssaseg_keras.convert import load_reference_weights
+from ssaseg_keras.layers import SSAClassifier
+from ssaseg_keras.losses import LOSS_TERMS, boundary_mask, response_distillation, ssa_loss_terms
+from ssaseg_keras.losses.ssa import canny_edges
+from ssaseg_keras.ops import downsample_labels
+
+EXACT_TERMS = [t for t in LOSS_TERMS if t != "response_distill"]
+
+
+def reference_state(golden):
+    return {k[len("weight/") :]: v for k, v in golden.items() if k.startswith("weight/")}
+
+
+@pytest.fixture(scope="module")
+def golden_layer(golden_head):
+    features = nchw_to_nhwc(golden_head["input/feat"])
+    layer = SSAClassifier(num_classes=5, dropout=0.0)
+    layer.build(features.shape)
+    report = load_reference_weights(layer, reference_state(golden_head))
+    assert report.num_loaded == 19
+    return layer
+
+
+def relative_error(ours, ref):
+    return np.abs(ours - ref).max() / np.abs(ref).max()
+
+
+def test_student_path_matches_reference(golden_head, golden_layer):
+    features = nchw_to_nhwc(golden_head["input/feat"])
+    student = golden_layer.forward_student(features)
+    expected = {
+        "coarse_logits": nchw_to_nhwc(golden_head["out/coarse_logits"]),
+        "feat_pos": nchw_to_nhwc(golden_head["out/feat_pos"]),
+        "spatial_prototypes": golden_head["out/center_pos"],
+        "semantic_prototypes": golden_head["out/pred_proto"],
+        "refined_logits": nchw_to_nhwc(golden_head["out/refined_logits"]),
+    }
+    for name, ref in expected.items():
+        assert relative_error(to_numpy(student[name]), ref) < 1e-5, name
+    inference = to_numpy(golden_layer(features, training=False))
+    assert relative_error(inference, nchw_to_nhwc(golden_head["out/inference_logits"])) < 1e-5
+    assert inference.dtype == np.float32
+
+
+def test_teacher_path_matches_reference(golden_head, golden_layer):
+    features = nchw_to_nhwc(golden_head["input/feat"])
+    feat_pos = golden_layer.forward_student(features)["feat_pos"]
+    labels_small = downsample_labels(golden_head["input/labels"].astype("int32"), (16, 16))
+    teacher = golden_layer.forward_teacher(features, feat_pos, labels_small)
+    assert relative_error(to_numpy(teacher["semantic"]), golden_head["out/gt_proto"]) < 1e-5
+    assert relative_error(to_numpy(teacher["spatial"]), golden_head["out/gt_center_pos"]) < 1e-5
+    assert relative_error(to_numpy(teacher["logits"]), nchw_to_nhwc(golden_head["out/teacher_logits"])) < 1e-5
+
+
+def test_losses_match_reference(golden_head, golden_layer):
+    features = nchw_to_nhwc(golden_head["input/feat"])
+    terms = ssa_loss_terms(golden_layer, features, golden_head["input/labels"].astype("int32"))
+    assert sorted(terms) == sorted(LOSS_TERMS)
+    for name in EXACT_TERMS:
+        ours, ref = float(to_numpy(terms[name])), float(golden_head[f"loss/{name}"])
+        assert abs(ours - ref) <= 1e-4 * abs(ref), (name, ours, ref)
+    # The issue allows 2% here (a Canny stand-in); our on-device Canny is exact, so hold it to 1e-4.
+    ours, ref = float(to_numpy(terms["response_distill"])), float(golden_head["loss/response_distill"])
+    assert abs(ours - ref) <= 1e-4 * abs(ref), (ours, ref)
+    total = sum(float(to_numpy(v)) for v in terms.values())
+    assert abs(total - float(golden_head["loss/total"])) <= 1e-4 * float(golden_head["loss/total"])
+
+
+def test_response_distill_is_exact_given_the_reference_boundary(golden_head):
+    """Given the reference's own boundary mask, the formula reproduces the reference."""
+    labels_small = downsample_labels(golden_head["input/labels"].astype("int32"), (16, 16))
+    loss = response_distillation(
+        nchw_to_nhwc(golden_head["out/refined_logits"]),
+        nchw_to_nhwc(golden_head["out/teacher_logits"]),
+        labels_small,
+        edges=golden_head["out/edge_mask"],
+    )
+    assert abs(float(to_numpy(loss)) - float(golden_head["loss/response_distill"])) < 1e-4 * 3.39
+
+
+def test_boundary_mask_equals_reference_canny_mask(golden_head):
+    labels_small = downsample_labels(golden_head["input/labels"].astype("int32"), (16, 16))
+    mask = to_numpy(boundary_mask(labels_small))
+    assert mask.sum() > 0
+    np.testing.assert_array_equal(mask, golden_head["out/edge_mask"])
+
+
+def test_canny_edges_equal_opencv_on_random_label_maps():
+    cv2 = pytest.importorskip("cv2")  # in the dev extra, so tox runs it
+    rng = np.random.default_rng(0)
+    for trial in range(60):
+        height, width = rng.integers(3, 40, size=2)
+        coarse = rng.integers(0, rng.integers(2, 8), size=(rng.integers(1, 6), rng.integers(1, 6)))
+        labels = cv2.resize(coarse.astype(np.uint8), (int(width), int(height)), interpolation=cv2.INTER_NEAREST)
+        labels = labels.astype(np.int32)
+        if trial % 3 == 0:
+            labels = rng.integers(0, 6, size=(height, width)).astype(np.int32)
+        if trial % 4 == 0:
+            labels[rng.random((height, width)) < 0.2] = 255
+        expected = cv2.Canny(labels.astype(np.uint8), 0.1, 0.2) > 0
+        np.testing.assert_array_equal(to_numpy(canny_edges(labels[None]))[0], expected, err_msg=str(labels))
+
+
+def test_feature_gradient_matches_reference(golden_head, golden_layer):
+    labels = golden_head["input/labels"].astype("int32")
+
+    def total_loss(features):
+        return ops.sum(ops.stack(list(ssa_loss_terms(golden_layer, features, labels).values())))
+
+    _, grad = value_and_grad(total_loss, nchw_to_nhwc(golden_head["input/feat"]))
+    ref = nchw_to_nhwc(golden_head["out/grad_feat"])
+    assert np.isfinite(grad).all()
+    assert np.linalg.norm(grad - ref) / np.linalg.norm(ref) < 1e-3
