@@ -1,0 +1,118 @@
+"""A streaming confusion-matrix metric: mIoU, mAcc, aAcc and per-class IoU/Acc as mmsegmentation.
+
+Rows of the confusion matrix are labels, columns predictions. Labels equal to `ignore_index` or
+outside [0, num_classes) are left out. A class's IoU is NaN when it is absent from both labels and
+predictions, its accuracy NaN when absent from the labels; means skip NaNs (mmseg's nanmean).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+
+
+def metrics_from_confusion(confusion, class_names=None):
+    """confusion (K, K) counts (rows labels, columns predictions) -> dict of numpy values:
+    "mIoU", "mAcc", "aAcc" (floats, NaN when nothing was counted), "IoU", "Acc" (K,) with NaN for
+    classes that do not count, and "class_names" when given."""
+    cm = np.asarray(confusion, dtype=np.float64)
+    tp = np.diag(cm)
+    label_area = cm.sum(axis=1)
+    pred_area = cm.sum(axis=0)
+    union = label_area + pred_area - tp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan)
+        acc = np.where(label_area > 0, tp / label_area, np.nan)
+        total = label_area.sum()
+        out = {
+            "mIoU": float(np.nanmean(iou)) if np.any(union > 0) else float("nan"),
+            "mAcc": float(np.nanmean(acc)) if np.any(label_area > 0) else float("nan"),
+            "aAcc": float(tp.sum() / total) if total > 0 else float("nan"),
+            "IoU": iou,
+            "Acc": acc,
+        }
+    if class_names is not None:
+        out["class_names"] = list(class_names)
+    return out
+
+
+class SegmentationMetrics(keras.metrics.Metric):
+    """Streaming confusion matrix over pixels; `result()` is the mIoU.
+
+    update_state(y_true, y_pred):
+        y_true: int labels (B, H, W) (or (B, H, W, 1)), 255 / out-of-range = ignore.
+        y_pred: class ids (B, H, W), or logits (B, h, w, K) (channels last), resized bilinearly
+            (half-pixel centres) to (H, W) when their size differs, then arg-maxed. A dict is read
+            at key "logits".
+        sample_weight: optional (B, H, W) or broadcastable; pixels with weight <= 0 are left out.
+    `results()` gives the full dict of `metrics_from_confusion` as numpy (call it eagerly).
+    Counts are int32 (exact up to 2**31 pixels per cell).
+    """
+
+    def __init__(
+        self,
+        num_classes,
+        ignore_index=255,
+        class_names=None,
+        name="mean_iou",
+        dtype="float32",
+        **kwargs,
+    ):
+        super().__init__(name=name, dtype=dtype, **kwargs)
+        self.num_classes = int(num_classes)
+        self.ignore_index = int(ignore_index)
+        self.class_names = list(class_names) if class_names is not None else None
+        self.confusion = self.add_variable(
+            shape=(self.num_classes, self.num_classes),
+            initializer="zeros",
+            dtype="int32",
+            name="confusion",
+        )
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        k = self.num_classes
+        if isinstance(y_pred, dict):
+            y_pred = y_pred["logits"]
+        y_true = ops.convert_to_tensor(y_true)
+        y_pred = ops.convert_to_tensor(y_pred)
+        if len(y_true.shape) == 4 and y_true.shape[-1] == 1:
+            y_true = y_true[..., 0]
+        y_true = ops.cast(y_true, "int32")
+        if len(y_pred.shape) == len(y_true.shape) + 1:  # logits
+            if tuple(y_pred.shape[1:3]) != tuple(y_true.shape[1:3]):
+                y_pred = ops.image.resize(
+                    ops.cast(y_pred, "float32"), tuple(y_true.shape[1:3]), interpolation="bilinear",
+                    data_format="channels_last",
+                )  # fmt: skip
+            y_pred = ops.argmax(y_pred, axis=-1)
+        y_pred = ops.cast(y_pred, "int32")
+        valid = (y_true >= 0) & (y_true < k) & (y_pred >= 0) & (y_pred < k)
+        if sample_weight is not None:
+            weight = ops.convert_to_tensor(sample_weight)
+            valid = valid & ops.broadcast_to(weight > 0, ops.shape(valid))
+        cell = ops.reshape(ops.where(valid, y_true * k + y_pred, k * k), (-1,))  # k*k: left out
+        counts = ops.segment_sum(ops.ones_like(cell), cell, num_segments=k * k + 1)
+        self.confusion.assign_add(ops.reshape(counts[: k * k], (k, k)))
+
+    def result(self):
+        cm = ops.cast(self.confusion, "float32")
+        tp = ops.diagonal(cm)
+        union = ops.sum(cm, axis=0) + ops.sum(cm, axis=1) - tp
+        present = union > 0
+        iou = tp / ops.maximum(union, 1.0)
+        count = ops.sum(ops.cast(present, "float32"))
+        return ops.sum(ops.where(present, iou, 0.0)) / ops.maximum(count, 1.0)
+
+    def results(self):
+        """mIoU, mAcc, aAcc, per-class IoU/Acc (numpy; see `metrics_from_confusion`)."""
+        return metrics_from_confusion(ops.convert_to_numpy(self.confusion.value), self.class_names)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            num_classes=self.num_classes,
+            ignore_index=self.ignore_index,
+            class_names=self.class_names,
+        )
+        return config
