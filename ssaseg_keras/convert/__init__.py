@@ -1,6 +1,15 @@
 """Converters from the reference implementation's checkpoints (PyTorch, mmseg 0.30 layout)."""
 
+from ssaseg_keras.convert import ham_head as _ham_head_mappings  # noqa: F401  (registers mappings)
+from ssaseg_keras.convert import mscan as _mscan_mappings  # noqa: F401
+from ssaseg_keras.convert import segmentor as _segmentor_mappings  # noqa: F401
 from ssaseg_keras.convert import ssa as _ssa_mappings  # noqa: F401  (registers the SSA mapping)
+from ssaseg_keras.convert.checkpoint import (
+    convert_checkpoint,
+    counts_by_part,
+    load_pretrained_backbone,
+    read_torch_checkpoint,
+)
 from ssaseg_keras.convert.reference import (
     LoadReport,
     ReferenceWeightsError,
@@ -21,6 +30,10 @@ __all__ = [
     "LoadReport",
     "ReferenceWeightsError",
     "conv_kernel",
+    "convert_checkpoint",
+    "counts_by_part",
+    "load_pretrained_backbone",
+    "read_torch_checkpoint",
     "conv_mapping",
     "dense_mapping",
     "depthwise_kernel",

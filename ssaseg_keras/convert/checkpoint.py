@@ -1,0 +1,128 @@
+"""Reference checkpoints (`.pth`) -> our models: whole segmentors and ImageNet-pretrained backbones.
+
+`.pth` files are read with `torch.load(..., map_location="cpu", weights_only=True)`, which never runs
+code from the file. PyTorch is needed only here and is imported when a file is read.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+
+from ssaseg_keras.convert.reference import (
+    ReferenceWeightsError,
+    load_reference_weights,
+    to_numpy,
+)
+from ssaseg_keras.utils.errors import CheckpointError, UserError
+
+# Keys of an ImageNet classification checkpoint that have no place in a segmentation backbone.
+PRETRAINED_IGNORED = ("head.*", "head", "classifier.*", "fc.*")
+MODEL_PREFIXES = ("backbone.", "decode_head.")
+
+
+def read_torch_checkpoint(path) -> dict:
+    """The name -> numpy array dict of a `.pth` file (its `state_dict`, `model` or top-level dict).
+
+    Raises:
+        CheckpointError when the file is missing, unreadable or holds no tensors; UserError when
+        PyTorch is not installed.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"Checkpoint {path!r} does not exist; give the path of a .pth file.")
+    try:
+        import torch
+    except ImportError as error:
+        raise UserError(
+            f"Reading the PyTorch checkpoint {path!r} needs PyTorch, which is not installed here: "
+            "`pip install torch` (the CPU build is enough), or convert on a machine that has it."
+        ) from error
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # corrupt file, not a torch file, or pickled code refused
+        raise CheckpointError(
+            f"Checkpoint {path!r} cannot be read as a PyTorch weights file ({type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}). Check the file is a complete .pth "
+            "download; files that need code execution to load are refused."
+        ) from error
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"Checkpoint {path!r} holds a {type(obj).__name__}, not a dict of tensors.")
+    arrays = {str(k): to_numpy(v) for k, v in obj.items() if hasattr(v, "shape")}
+    if not arrays:
+        raise CheckpointError(f"Checkpoint {path!r} holds no tensors (keys: {sorted(obj)[:10]}).")
+    return arrays
+
+
+def counts_by_part(names):
+    """{"backbone": n, "decode_head": m, ...}: loaded names counted by their first component."""
+    return dict(collections.Counter(name.split(".", 1)[0] for name in names))
+
+
+def convert_checkpoint(path, recipe_or_model, strict=True, overrides=()):
+    """Load a reference (mmseg 0.30) checkpoint into the model a recipe describes (or a given model).
+
+    Args:
+        path: the `.pth` file; its `state_dict` has `backbone.*` and `decode_head.*` keys.
+        recipe_or_model: a `Segmentor`, a recipe path, or a recipe dict (as `load_recipe` returns).
+        strict: fail (listing every name) on unmapped/missing names and shape mismatches.
+            `num_batches_tracked` and `*empty_weight` buffers are always skipped; a teacher-free
+            model skips the checkpoint's teacher (`decode_head.gt_*`).
+        overrides: recipe overrides (`key.sub=value`) when a recipe path is given.
+
+    Returns:
+        (model, report): the loaded model and a `LoadReport` (`report.loaded` names; see
+        `counts_by_part`).
+    """
+    from ssaseg_keras.models import build_segmentor, has_teacher
+
+    if hasattr(recipe_or_model, "backbone") and hasattr(recipe_or_model, "classifier"):
+        model = recipe_or_model
+    else:
+        recipe = recipe_or_model
+        if not isinstance(recipe, dict):
+            from ssaseg_keras.recipes import load_recipe
+
+            recipe = load_recipe(recipe, overrides=overrides)
+        model = build_segmentor(recipe["model"], load_pretrained=False)
+    state = read_torch_checkpoint(path)
+    if not any(key.startswith(MODEL_PREFIXES) for key in state):
+        raise CheckpointError(
+            f"Checkpoint {os.fspath(path)!r} has no `backbone.*` / `decode_head.*` keys (first keys: "
+            f"{sorted(state)[:5]}); is it a backbone-only ImageNet checkpoint? Use the recipe option "
+            "`model.pretrained` for those."
+        )
+    ignore = () if has_teacher(model) else ("decode_head.gt_*",)
+    try:
+        report = load_reference_weights(model, state, strict=strict, ignore=ignore)
+    except ReferenceWeightsError as error:
+        raise CheckpointError(f"Checkpoint {os.fspath(path)!r} does not fit the model: {error}") from error
+    return model, report
+
+
+def load_pretrained_backbone(model, path, family="segnext", strict=True):
+    """Load ImageNet-pretrained backbone weights into `model.backbone` (or into a backbone).
+
+    SegNeXt: an MSCAN classification `.pth` (keys without `backbone.`; its classifier `head.*`
+    ignored) or a segmentation checkpoint (its `backbone.*` part). SegFormer: see
+    `ssaseg_keras.models.backbones.mit.load_mit_weights` (a keras-cv preset name or a local
+    `.weights.h5` file).
+    """
+    backbone = getattr(model, "backbone", model)
+    if family == "segformer":
+        from ssaseg_keras.models.backbones.mit import load_mit_weights
+
+        return load_mit_weights(backbone, path)
+    state = read_torch_checkpoint(path)
+    prefix = "backbone." if any(key.startswith("backbone.") for key in state) else ""
+    try:
+        return load_reference_weights(backbone, state, prefix=prefix, strict=strict, ignore=PRETRAINED_IGNORED)
+    except ReferenceWeightsError as error:
+        raise CheckpointError(
+            f"Pretrained weights {os.fspath(path)!r} do not fit the {family} backbone: {error}"
+        ) from error

@@ -1,0 +1,60 @@
+"""Small building blocks shared by the decode heads."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+NORM_EPS = 1e-5
+
+
+@keras.saving.register_keras_serializable(package="ssaseg_keras")
+class ConvNormAct(keras.layers.Layer):
+    """1x1 conv (no bias) + norm + optional ReLU, mmseg's `ConvModule`. (B, H, W, Cin) -> (B, H, W, C).
+
+    Args:
+        filters: output channels C.
+        norm: "group" (GroupNorm with `groups` groups) or "batch" (BatchNorm); eps 1e-5.
+        groups: GroupNorm groups.
+        activation: apply ReLU after the norm.
+    """
+
+    def __init__(self, filters, norm="group", groups=32, activation=True, **kwargs):
+        super().__init__(**kwargs)
+        if norm not in ("group", "batch"):
+            raise ValueError(f"norm must be 'group' or 'batch', got {norm!r}")
+        self.filters = int(filters)
+        self.norm = norm
+        self.groups = int(groups)
+        self.activation = bool(activation)
+
+    def build(self, input_shape):
+        policy = self.dtype_policy
+        self.conv = keras.layers.Conv2D(self.filters, 1, use_bias=False, dtype=policy, name="conv")
+        if self.norm == "group":
+            self.norm_layer = keras.layers.GroupNormalization(
+                self.groups, epsilon=NORM_EPS, dtype=policy, name="gn"
+            )
+        else:
+            self.norm_layer = keras.layers.BatchNormalization(
+                epsilon=NORM_EPS, momentum=0.9, dtype=policy, name="bn"
+            )
+        self.conv.build(input_shape)
+        self.norm_layer.build(tuple(input_shape[:-1]) + (self.filters,))
+        self.built = True
+
+    def call(self, x, training=False):
+        x = self.norm_layer(self.conv(x), training=training)
+        return ops.relu(x) if self.activation else x
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.filters,)
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "filters": self.filters,
+            "norm": self.norm,
+            "groups": self.groups,
+            "activation": self.activation,
+        }
