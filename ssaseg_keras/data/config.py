@@ -32,7 +32,7 @@ COMMON_KEYS = {
     "photometric": True,
     "mean": MEAN,
     "std": STD,
-    "cache": False,
+    "cache": None,  # default: true for synthetic (generated once, then only augmented), else false
     "shuffle_buffer": None,
     "deterministic": True,
     "num_parallel_calls": "auto",
@@ -226,7 +226,7 @@ def validate_data_config(section):
     out["std"] = _triple(cfg, "std", positive=True)
 
     # Pipeline.
-    out["cache"] = _bool(cfg, "cache")
+    out["cache"] = source == "synthetic" if cfg["cache"] is None else _bool(cfg, "cache")
     out["shuffle_buffer"] = _number(cfg, "shuffle_buffer", 1, integer=True, allow_none=True)
     out["deterministic"] = _bool(cfg, "deterministic")
     npc = cfg["num_parallel_calls"]

@@ -117,11 +117,8 @@ def _tfds(config, split):
 
     def convert(features):
         image = features[image_key]
-        image = tf.cond(
-            tf.shape(image)[-1] == 1,
-            lambda: tf.image.grayscale_to_rgb(image),
-            lambda: image[..., :3],
-        )
+        channels = spec[image_key].shape[-1]
+        image = tf.image.grayscale_to_rgb(image) if channels == 1 else image[..., :3]
         label = features[label_key]
         if len(spec[label_key].shape) == 3:
             label = label[..., 0]
