@@ -17,6 +17,7 @@ from ssaseg_keras.version import __version__
 # (module in this package, attribute): each is a click command or group added to the app.
 COMMANDS = [
     ("info", "info"),
+    ("data", "data"),
 ]
 
 

@@ -47,7 +47,13 @@ def _require_dir(path, what, hint):
     return path
 
 
-def _pair_by_stem(image_dir, label_dir, img_suffixes, label_suffix, img_strip=""):
+def _problem(problems, message):
+    if problems is None:
+        raise DataError(message)
+    problems.append(message)
+
+
+def _pair_by_stem(image_dir, label_dir, img_suffixes, label_suffix, problems=None):
     """Images in image_dir (sorted) matched to `<stem><label_suffix>` in label_dir."""
     images, labels = [], []
     names = sorted(n for n in os.listdir(image_dir) if n.lower().endswith(tuple(img_suffixes)))
@@ -55,16 +61,18 @@ def _pair_by_stem(image_dir, label_dir, img_suffixes, label_suffix, img_strip=""
         stem = os.path.splitext(name)[0]
         label = os.path.join(label_dir, stem + label_suffix)
         if not os.path.isfile(label):
-            raise DataError(
-                f"image without label: {os.path.join(image_dir, name)} (expected {label}); "
-                "add the label or remove the image"
+            image = os.path.join(image_dir, name)
+            _problem(
+                problems,
+                f"image without label: {image} (expected {label}); add the label or remove the image",
             )
+            continue
         images.append(os.path.join(image_dir, name))
         labels.append(label)
     return images, labels
 
 
-def _pair_from_list(list_file, image_dir, label_dir, img_suffix, label_suffix):
+def _pair_from_list(list_file, image_dir, label_dir, img_suffix, label_suffix, problems=None):
     """Pairs named by a split file (one base name per line)."""
     if not os.path.isfile(list_file):
         raise DataError(f"split list not found: {list_file}; check data.root")
@@ -75,18 +83,21 @@ def _pair_from_list(list_file, image_dir, label_dir, img_suffix, label_suffix):
         image = os.path.join(image_dir, stem + img_suffix)
         label = os.path.join(label_dir, stem + label_suffix)
         if not os.path.isfile(image):
-            raise DataError(f"{list_file} names {stem} but the image {image} is missing")
-        if not os.path.isfile(label):
-            raise DataError(
-                f"image without label: {image} (expected {label}); add the label or remove {stem} from {list_file}"
+            _problem(problems, f"{list_file} names {stem} but the image {image} is missing")
+        elif not os.path.isfile(label):
+            _problem(
+                problems,
+                f"image without label: {image} (expected {label}); add the label or remove {stem} from {list_file}",
             )
-        images.append(image)
-        labels.append(label)
+        else:
+            images.append(image)
+            labels.append(label)
     return images, labels
 
 
-def find_pairs(config, split):
-    """(images, labels): sorted path lists of a split, without opening the files."""
+def split_layout(config, split):
+    """(image_dir, label_dir, list_file or None, label_suffix) of a file source's split; raises
+    DataError when a directory is missing."""
     _check_split(split)
     source = config["source"]
     root = config["root"]
@@ -94,21 +105,16 @@ def find_pairs(config, split):
     if source in _SPLIT_DIRS:
         sub = _SPLIT_DIRS[source][split]
         label_suffix = ".png" if source == "ade20k" else "_labelTrainIds.png"
-        layout = "images/ and annotations/" + (
-            "" if source == "ade20k" else " (run `ssaseg-keras data prepare coco-stuff-10k`)"
-        )
-        image_dir = _require_dir(
-            os.path.join(root, "images", sub), "image directory", f"data.root must hold {layout}"
-        )
-        label_dir = _require_dir(
-            os.path.join(root, "annotations", sub),
-            "label directory",
-            f"data.root must hold {layout}",
-        )
-        images, labels = _pair_by_stem(
-            image_dir, label_dir, (".jpg", ".jpeg", ".png"), label_suffix
-        )
-    elif source == "pascal_context59":
+        layout = "images/ and annotations/"
+        if source == "coco_stuff10k":
+            layout += (
+                " (convert the release with `ssaseg-keras data prepare coco-stuff-10k SRC DST`)"
+            )
+        hint = f"data.root must hold {layout}"
+        image_dir = _require_dir(os.path.join(root, "images", sub), "image directory", hint)
+        label_dir = _require_dir(os.path.join(root, "annotations", sub), "label directory", hint)
+        return image_dir, label_dir, None, label_suffix
+    if source == "pascal_context59":
         if os.path.isdir(os.path.join(root, "VOC2010")):
             root = os.path.join(root, "VOC2010")
         hint = (
@@ -119,24 +125,37 @@ def find_pairs(config, split):
             os.path.join(root, "SegmentationClassContext"), "label directory", hint
         )
         list_file = os.path.join(root, "ImageSets", "SegmentationContext", f"{split}.txt")
-        images, labels = _pair_from_list(list_file, image_dir, label_dir, ".jpg", ".png")
-    elif source == "folder":
+        return image_dir, label_dir, list_file, ".png"
+    if source == "folder":
         image_dir = os.path.join(root, config["image_dir"])
         label_dir = os.path.join(root, config["label_dir"])
-        hint = f"data.root must hold {config['image_dir']}/ and {config['label_dir']}/ (optionally with train/ and val/ inside)"
+        hint = (
+            f"data.root must hold {config['image_dir']}/ and {config['label_dir']}/ "
+            "(optionally with train/ and val/ inside)"
+        )
         _require_dir(image_dir, "image directory", hint)
         _require_dir(label_dir, "label directory", hint)
         if os.path.isdir(os.path.join(image_dir, split)):
             image_dir = os.path.join(image_dir, split)
             label_dir = _require_dir(os.path.join(label_dir, split), "label directory", hint)
-        images, labels = _pair_by_stem(
-            image_dir, label_dir, config["img_suffix"], config["label_suffix"]
+        return image_dir, label_dir, None, config["label_suffix"]
+    raise ValueError(f"source {source!r} has no files")
+
+
+def find_pairs(config, split, problems=None):
+    """(images, labels): sorted path lists of a split, without opening the files. A missing label
+    raises DataError, or is appended to `problems` (a list) when given."""
+    image_dir, label_dir, list_file, label_suffix = split_layout(config, split)
+    if list_file is not None:
+        images, labels = _pair_from_list(
+            list_file, image_dir, label_dir, ".jpg", label_suffix, problems
         )
     else:
-        raise ValueError(f"source {source!r} has no files")
-    if not images:
+        suffixes = config.get("img_suffix") or (".jpg", ".jpeg", ".png")
+        images, labels = _pair_by_stem(image_dir, label_dir, suffixes, label_suffix, problems)
+    if not images and problems is None:
         raise DataError(
-            f"no images found for split {split} under {root}; check data.root and the layout"
+            f"no images found for split {split} in {image_dir}; check data.root and the layout"
         )
     return images, labels
 
