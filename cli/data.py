@@ -42,17 +42,8 @@ def prepare(dataset, src, dst, workers):
 
 
 def load_data_section(path):
-    """The `data:` section of a recipe file (via ssaseg_keras.recipes when present)."""
-    try:
-        from ssaseg_keras import recipes
-    except ImportError:
-        recipes = None
-    loader = getattr(recipes, "load_recipe", None)
-    if loader is not None:
-        recipe = loader(path)
-        section = recipe.get("data") if isinstance(recipe, dict) else getattr(recipe, "data", None)
-        if section is not None:
-            return dict(section)
+    """The raw `data:` section of a recipe file (only that section is read and validated, so a
+    dataset can be checked before the rest of the recipe is written)."""
     import yaml
 
     if not os.path.isfile(path):
