@@ -81,7 +81,7 @@ def build_decode_head(config, preset):
     return SegFormerHead(**args, name="decode_head")
 
 
-def build_segmentor(model_config: dict, load_pretrained: bool = True) -> Segmentor:
+def build_segmentor(model_config: dict, load_pretrained: bool = True, training: bool = True) -> Segmentor:
     """Build (and build the variables of) the model a recipe's `model:` section describes.
 
     Args:
@@ -92,9 +92,12 @@ def build_segmentor(model_config: dict, load_pretrained: bool = True) -> Segment
             (keras_cv | keras_hub, SegFormer only), `image_size`, `seed`, and `backbone`/`head`
             dicts overriding the size preset (e.g. a tiny test model).
 
+        load_pretrained: load `pretrained` backbone weights (off when a whole checkpoint follows).
+        training: build the training form (an SSA model carries its teacher); False builds the
+            teacher-free inference form directly (see also `inference_model`).
+
     Returns:
-        A built `Segmentor` (training form: an SSA model carries its teacher; see
-        `inference_model`).
+        A built `Segmentor`.
     """
     config = {**MODEL_DEFAULTS, **(model_config or {})}
     preset = _preset(config)
@@ -102,7 +105,9 @@ def build_segmentor(model_config: dict, load_pretrained: bool = True) -> Segment
     decode_head = build_decode_head(config, preset)
     num_classes = int(config["num_classes"])
     if config["ssa"]:
-        classifier = SSAClassifier(num_classes, dropout=float(config["dropout"]), name="classifier")
+        classifier = SSAClassifier(
+            num_classes, dropout=float(config["dropout"]), with_teacher=training, name="classifier"
+        )
     else:
         classifier = PixelClassifier(num_classes, dropout=float(config["dropout"]), name="classifier")
     model = Segmentor(backbone, decode_head, classifier, name=f"{config['family']}_{config['size']}")

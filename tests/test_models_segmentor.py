@@ -1,0 +1,154 @@
+"""The Segmentor: outputs, compute_loss terms, a training step, `.keras` round trips (also across backends)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+from models_helpers import deterministic_nmf, tiny_config
+
+from ssaseg_keras.losses import LOSS_TERMS
+from ssaseg_keras.models import build_segmentor, inference_model
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def ssa_model():
+    return build_segmentor(tiny_config(ssa=True))
+
+
+@pytest.fixture(scope="module")
+def baseline_model():
+    return build_segmentor(tiny_config(ssa=False))
+
+
+def random_batch(height, width, batch=2, classes=7, seed=0):
+    rng = np.random.RandomState(seed)
+    images = rng.randn(batch, height, width, 3).astype("float32")
+    labels = rng.randint(0, classes, size=(batch, height, width)).astype("int32")
+    labels[:, : height // 8] = 255
+    return images, labels
+
+
+@pytest.mark.parametrize("size", [(64, 96), (96, 64), (32, 32)])
+def test_prediction_is_image_size_float32_logits(ssa_model, baseline_model, size):
+    images, _ = random_batch(*size, batch=1)
+    for model in (ssa_model, baseline_model):
+        logits = model(images)
+        assert tuple(logits.shape) == (1, *size, 7)
+        assert ops.convert_to_numpy(logits).dtype == np.float32
+        assert np.isfinite(ops.convert_to_numpy(logits)).all()
+
+
+def test_parts_are_exposed(ssa_model):
+    assert ssa_model.backbone.stage_channels == [8, 16, 24, 32]
+    assert ssa_model.decode_head.channels == 32
+    assert ssa_model.classifier.num_classes == 7 and ssa_model.classifier.with_teacher
+    assert ssa_model.num_classes == 7
+
+
+def test_training_output_feeds_the_ssa_loss(ssa_model):
+    images, labels = random_batch(64, 96)
+    out = ssa_model(images, training=True)
+    assert tuple(out["logits"].shape) == (2, 8, 12, 7)
+    assert tuple(out["features"].shape) == (2, 8, 12, 32)
+    assert tuple(out["semantic_prototypes"].shape) == (2, 7, 32)
+    for tracker in ssa_model.loss_trackers:
+        tracker.reset_state()
+    total = ops.convert_to_numpy(ssa_model.compute_loss(images, labels, out))
+    reported = {t.name: float(ops.convert_to_numpy(t.result())) for t in ssa_model.loss_trackers}
+    assert sorted(reported) == sorted(LOSS_TERMS)
+    assert all(np.isfinite(v) and v > 0 for v in reported.values())
+    np.testing.assert_allclose(float(total), sum(reported.values()), rtol=1e-5)
+    # The same terms as calling the loss on the classifier directly with the student output.
+    from ssaseg_keras.losses import ssa_loss_terms
+
+    student = {k: v for k, v in out.items() if k not in ("logits", "features")}
+    direct = ssa_loss_terms(ssa_model.classifier, out["features"], labels, student=student)
+    for name in LOSS_TERMS:
+        np.testing.assert_allclose(float(ops.convert_to_numpy(direct[name])), reported[name], rtol=1e-5)
+
+
+def test_baseline_loss_is_main_ce_and_accepts_channel_labels(baseline_model):
+    images, labels = random_batch(64, 64)
+    out = baseline_model(images, training=True)
+    assert sorted(out) == ["features", "logits"]
+    total = baseline_model.compute_loss(images, labels[..., None], out)
+    from ssaseg_keras.losses import baseline_loss_terms
+
+    expected = baseline_loss_terms(out["logits"], labels)["main_ce"]
+    np.testing.assert_allclose(ops.convert_to_numpy(total), ops.convert_to_numpy(expected), rtol=1e-6)
+    assert float(ops.convert_to_numpy(total)) > 1.0  # ~log(7) at init
+
+
+def test_fit_and_evaluate_report_every_term():
+    model = build_segmentor(tiny_config(ssa=True))
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
+    images, labels = random_batch(32, 64)
+    history = model.fit(images, labels, batch_size=2, epochs=2, verbose=0)
+    for name in ("loss", *LOSS_TERMS):
+        assert len(history.history[name]) == 2 and np.isfinite(history.history[name]).all()
+    # One step changes the weights, and the teacher learns too.
+    assert history.history["loss"][0] > 0
+    result = model.evaluate(images, labels, verbose=0, return_dict=True)
+    assert result["main_ce"] > 0 and np.isfinite(result["loss"])
+
+
+def test_keras_round_trip_same_backend(tmp_path, ssa_model):
+    images, _ = random_batch(64, 32, batch=1)
+    path = str(tmp_path / "model.keras")
+    ssa_model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert type(loaded).__name__ == "Segmentor" and loaded.classifier.with_teacher
+    assert len(loaded.weights) == len(ssa_model.weights)
+    for a, b in zip(ssa_model.weights, loaded.weights):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+    with deterministic_nmf():
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(loaded(images)), ops.convert_to_numpy(ssa_model(images)), atol=1e-5
+        )
+    slim = inference_model(loaded)
+    slim_path = str(tmp_path / "slim.keras")
+    slim.save(slim_path)
+    assert not keras.saving.load_model(slim_path).classifier.with_teacher
+
+
+SAVE_SCRIPT = """
+import sys, numpy as np, keras
+sys.path.insert(0, {tests!r})
+from models_helpers import deterministic_nmf, tiny_config
+from ssaseg_keras.models import build_segmentor
+model = build_segmentor(tiny_config(ssa=True))
+images = np.random.RandomState(5).randn(1, 64, 96, 3).astype("float32")
+with deterministic_nmf():
+    expected = keras.ops.convert_to_numpy(model(images))
+model.save({path!r})
+np.savez({npz!r}, images=images, expected=expected)
+"""
+
+
+def test_keras_file_from_another_backend_gives_the_same_outputs(tmp_path):
+    current = keras.backend.backend()
+    other = "torch" if current != "torch" else "tensorflow"
+    path, npz = str(tmp_path / "other.keras"), str(tmp_path / "expected.npz")
+    script = SAVE_SCRIPT.format(tests=os.path.join(REPO, "tests"), path=path, npz=npz)
+    env = {**os.environ, "KERAS_BACKEND": other}
+    try:
+        __import__(other)
+    except ImportError:
+        pytest.skip(f"{other} is not installed")
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    data = np.load(npz)
+    loaded = keras.saving.load_model(path)
+    with deterministic_nmf():
+        got = ops.convert_to_numpy(loaded(data["images"]))
+    np.testing.assert_allclose(got, data["expected"], rtol=1e-4, atol=1e-4)
+    assert json.loads(json.dumps(loaded.get_config()["classifier"]["config"]))["num_classes"] == 7

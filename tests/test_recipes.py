@@ -1,0 +1,122 @@
+"""Recipes: every shipped recipe validates; bad keys, types, values and files are named."""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import pytest
+
+from ssaseg_keras.recipes import TRAIN_DEFAULTS, load_recipe, parse_override
+from ssaseg_keras.utils.errors import RecipeError
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RECIPES = sorted(glob.glob(os.path.join(REPO, "recipes", "*.yaml")))
+
+
+def write(tmp_path, text, name="r.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+MINIMAL = """
+model:
+  family: segnext
+  size: t
+data:
+  source: ade20k
+  root: data/ade20k
+"""
+
+
+def test_all_shipped_recipes_exist_and_validate():
+    names = {os.path.basename(p)[:-5] for p in RECIPES}
+    expected = {"segnext_t_coco", "segnext_t_ade20k", "segnext_s_ade20k", "segnext_b_ade20k", "segnext_l_ade20k"}
+    expected |= {f"segformer_b{i}_ade20k" for i in range(6)}
+    expected |= {f"{n}_baseline" for n in expected}
+    assert names == expected
+    for path in RECIPES:
+        recipe = load_recipe(path)
+        assert recipe["model"]["ssa"] is (not path.endswith("_baseline.yaml"))
+        assert recipe["model"]["num_classes"] == recipe["data"]["num_classes"]
+
+
+def test_reference_schedule_of_the_coco_recipe():
+    recipe = load_recipe(os.path.join(REPO, "recipes", "segnext_t_coco.yaml"))
+    assert recipe["model"]["num_classes"] == 171 and recipe["model"]["size"] == "t"
+    train = recipe["train"]
+    assert (train["max_iters"], train["batch_size"], train["lr"], train["weight_decay"]) == (80000, 16, 6e-5, 0.01)
+    assert (train["warmup_iters"], train["warmup_ratio"], train["poly_power"], train["head_lr_mult"]) == (1500, 1e-6, 1.0, 10.0)
+    assert train["betas"] == [0.9, 0.999]
+    assert recipe["data"]["crop_size"] == (512, 512) and recipe["data"]["cat_max_ratio"] == 0.75
+    assert recipe["eval"] == {"mode": "whole", "scale": [2048, 512], "crop_size": [512, 512], "stride": [341, 341]}
+
+
+def test_defaults_and_num_classes_from_data(tmp_path):
+    recipe = load_recipe(write(tmp_path, MINIMAL, "my_run.yaml"))
+    assert recipe["name"] == "my_run"
+    assert recipe["model"]["num_classes"] == 150  # taken from the ADE20K data source
+    assert recipe["train"] == TRAIN_DEFAULTS
+    assert recipe["model"]["ssa"] is True and recipe["model"]["dropout"] == 0.1
+
+
+def test_overrides_are_yaml_values(tmp_path):
+    recipe = load_recipe(
+        write(tmp_path, MINIMAL),
+        overrides=["train.max_iters=100", "train.betas=[0.8, 0.9]", "model.ssa=false", "model.backbone.depths=[1,1,1,1]", "eval.mode=slide"],
+    )
+    assert recipe["train"]["max_iters"] == 100
+    assert recipe["train"]["betas"] == [0.8, 0.9]
+    assert recipe["model"]["ssa"] is False
+    assert recipe["model"]["backbone"] == {"depths": [1, 1, 1, 1]}
+    assert recipe["eval"]["mode"] == "slide"
+    assert parse_override("train.lr=1e-4") == (["train", "lr"], 1e-4)
+    assert parse_override("model.pretrained=w/mscan_t.pth") == (["model", "pretrained"], "w/mscan_t.pth")
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("model.famly=segnext", "model.famly: unknown key; allowed keys of `model`: backbone"),
+        ("model.family=unet", "model.family: must be one of segnext, segformer, got 'unet'"),
+        ("model.size=xl", "model.size: must be one of t, s, b, l"),
+        ("model.ssa=maybe", "model.ssa: must be true or false"),
+        ("model.num_classes=150.5", "model.num_classes: must be an integer"),
+        ("model.num_classes=19", "model.num_classes: is 19 but the data has 150 classes"),
+        ("model.backbone.widths=[1]", "model.backbone.widths: unknown key; allowed keys of `model.backbone`: depths, drop_path_rate, embed_dims, mlp_ratios"),
+        ("model.image_size=100", "model.image_size: must be multiples of 32"),
+        ("model.pretrained=missing/mscan_t.pth", "model.pretrained: file 'missing/mscan_t.pth' does not exist"),
+        ("train.lr=-1", "train.lr: must be > 0.0"),
+        ("train.precision=fp8", "train.precision: must be one of float32, mixed_float16, mixed_bfloat16"),
+        ("train.batch_size=0", "train.batch_size: must be >= 1"),
+        ("train.epochs=3", "train.epochs: unknown key"),
+        ("eval.mode=tiles", "eval.mode: must be one of whole, slide"),
+        ("optimizer.lr=1", "optimizer: override 'optimizer.lr=1': unknown section"),
+        ("train.lr", "write it as key.sub=value"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, override, fragment):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write(tmp_path, MINIMAL), overrides=[override])
+    assert fragment in str(info.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(RecipeError, match="does not exist"):
+        load_recipe(str(tmp_path / "nope.yaml"))
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(write(tmp_path, "model: [unclosed"))
+    with pytest.raises(RecipeError, match="trainer: unknown section; allowed sections: name, model, data, train, eval"):
+        load_recipe(write(tmp_path, MINIMAL + "trainer: {}\n"))
+    with pytest.raises(RecipeError, match="model: missing section"):
+        load_recipe(write(tmp_path, "data: {source: ade20k, root: x}\n"))
+    with pytest.raises(RecipeError, match="data.source"):
+        load_recipe(write(tmp_path, "model: {family: segnext}\ndata: {source: cityscapes}\n"))
+
+
+def test_existing_pretrained_file_is_accepted(tmp_path):
+    weights = tmp_path / "mscan_t.pth"
+    weights.write_bytes(b"x")
+    recipe = load_recipe(write(tmp_path, MINIMAL), overrides=[f"model.pretrained={weights}"])
+    assert recipe["model"]["pretrained"] == str(weights)
