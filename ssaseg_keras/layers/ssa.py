@@ -6,9 +6,9 @@ final features F (B, H, W, C) and returns refined logits R (B, H, W, K). Notatio
 E the class position embedding, S the semantic prototypes, Pp the spatial prototypes.
 
 Reading order: `coarse_logits` -> `spatial_prototypes` (SPPA) -> `semantic_prototypes` (SEPA) ->
-`cosine_logits`; `teacher_prototypes` is the training-only branch that sees the labels. Everything
-after the two convolutions runs in float32 (softmaxes over pixels, L2 norms, the scale-15 cosine
-logits), whatever the dtype policy, so mixed precision cannot overflow them.
+`cosine_logits`; `teacher_prototypes` is the training-only branch that sees the labels. The whole
+classifier runs in float32 (softmaxes over pixels, L2 norms, the scale-15 cosine logits), whatever
+the global dtype policy, so mixed precision cannot overflow them.
 """
 
 from __future__ import annotations
@@ -73,19 +73,21 @@ class SSAClassifier(keras.layers.Layer):
     """
 
     def __init__(self, num_classes, dropout=0.1, with_teacher=True, scale=COSINE_SCALE, **kwargs):
+        # The classifier is small next to the backbone and holds every numerically delicate step
+        # (softmaxes over pixels, norms, scale-15 cosines): it computes in float32 under any global
+        # mixed-precision policy, like keras-cv's float32 classifier heads.
+        kwargs.setdefault("dtype", "float32")
         super().__init__(**kwargs)
         self.num_classes = int(num_classes)
         self.dropout = float(dropout)
         self.with_teacher = bool(with_teacher)
         self.scale = float(scale)
-        policy = self.dtype_policy
-        # Convolutions over the feature map run in the layer's (possibly mixed) policy.
         self.channel_dropout = keras.layers.SpatialDropout2D(self.dropout, name="channel_dropout")
-        self.conv_seg = keras.layers.Dense(self.num_classes, dtype=policy, name="conv_seg")
+        self.conv_seg = keras.layers.Dense(self.num_classes, dtype="float32", name="conv_seg")
         self.get_feat_pos = keras.layers.DepthwiseConv2D(
-            3, padding="same", use_bias=True, dtype=policy, name="get_feat_pos"
+            3, padding="same", use_bias=True, dtype="float32", name="get_feat_pos"
         )
-        # The prototype MLPs and projections depend on C: they are created in `build`, in float32.
+        # The prototype MLPs and projections depend on C: they are created in `build`.
 
     # ------------------------------------------------------------------ build
     def build(self, input_shape):
@@ -99,7 +101,6 @@ class SSAClassifier(keras.layers.Layer):
         self.center_pos = self.add_weight(
             shape=(k, c), initializer="glorot_uniform", name="center_pos", dtype="float32"
         )
-        # The prototype maths on (B, K, C) tensors is small and stays in float32.
         def mlp(name):
             layer = PrototypeMLP(c, dtype="float32", name=name)
             layer.build((None, k, 2 * c))
@@ -126,13 +127,14 @@ class SSAClassifier(keras.layers.Layer):
 
     def coarse_logits(self, features, training=False):
         """M = dropout(F) W^T + b, (B, H, W, K) float32: the fixed-prototype (baseline) logits."""
+        features = ops.cast(features, "float32")
         if training and self.dropout > 0:
             features = self.channel_dropout(features, training=True)
-        return ops.cast(self.conv_seg(features), "float32")
+        return self.conv_seg(features)
 
     def position_features(self, features):
         """P = DW3x3(F), (B, H, W, C) float32: each pixel's local spatial context."""
-        return ops.cast(self.get_feat_pos(features), "float32")
+        return self.get_feat_pos(ops.cast(features, "float32"))
 
     def spatial_prototypes(self, coarse, feat_pos):
         """SPPA: Pp = MLP_pos([E, sum_pixels softmax_pixels(M_k) P]), (B, K, C)."""

@@ -15,7 +15,6 @@ tests and the benchmarks all call it. Terms (names are the public keys of the re
 
 from __future__ import annotations
 
-import numpy as np
 from keras import ops
 
 from ssaseg_keras.layers.ssa import l2_normalize
@@ -106,9 +105,12 @@ def boundary_mask(labels_small, frame=BOUNDARY_FRAME):
     """
     height, width = int(labels_small.shape[1]), int(labels_small.shape[2])
     edges = ops.cast(canny_edges(labels_small), "float32")
-    inner = np.zeros((height, width), dtype="float32")
-    inner[frame : height - frame, frame : width - frame] = 1.0
-    edges = edges * ops.convert_to_tensor(inner)[None]
+
+    def inside(size):
+        index = ops.arange(size, dtype="int32")
+        return ops.cast(ops.logical_and(index >= frame, index < size - frame), "float32")
+
+    edges = edges * (inside(height)[:, None] * inside(width)[None, :])[None]
     dilated = ops.max_pool(edges[..., None], pool_size=3, strides=1, padding="same")
     return dilated[..., 0]
 
@@ -134,8 +136,7 @@ def response_distillation(refined, teacher, labels_small, edges=None):
     target = 0.5 * soft + 0.5 * target_onehot
     pixel_loss = -ops.sum(target * ops.log_softmax(refined, axis=-1), axis=-1)  # (B, H, W)
     entropy = -ops.sum(soft * ops.log(soft + ENTROPY_EPS), axis=-1) * valid
-    if edges is None:
-        edges = boundary_mask(labels_small)
+    edges = boundary_mask(labels_small) if edges is None else ops.cast(edges, "float32")
 
     def class_mean(region):
         weight = entropy * region  # (B, H, W)
