@@ -108,3 +108,18 @@ def test_config_and_metric_import_without_tensorflow():
         "import ssaseg_keras.metrics; assert 'tensorflow' not in sys.modules, 'metrics imported TF'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"source": "ade20k", "root": "r"},
+        {"source": "coco_stuff10k", "root": "r", "ratio_range": None, "cache": True},
+        {"source": "pascal_context59", "root": "r", "skip_corrupt": True},
+        {"source": "folder", "root": "r", "class_names": ["a", "b"], "img_suffix": ".png"},
+        {"source": "tfds", "name": "n", "num_classes": 4, "data_dir": "/d"},
+    ],
+)
+def test_validation_is_idempotent(section):
+    cfg = validate_data_config(section)
+    assert validate_data_config(cfg) == cfg

@@ -265,3 +265,30 @@ def test_cache_option_gives_the_same_batches():
     plain = build_dataset({**section, "cache": False}, "train", batch_size=4, seed=2, shuffle=False)
     cached = build_dataset(section, "train", batch_size=4, seed=2, shuffle=False)
     np.testing.assert_array_equal(next(iter(plain))[0].numpy(), next(iter(cached))[0].numpy())
+
+
+def test_the_dataset_feeds_fit_and_evaluate_on_this_backend():
+    import keras
+
+    from ssaseg_keras.metrics import SegmentationMetrics
+
+    section = {"source": "synthetic", "image_size": [32, 32], "num_images": 4, "num_val_images": 2}
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(21, 1)(inputs))
+    model.compile(
+        optimizer="adam",
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, ignore_class=255),
+        metrics=[SegmentationMetrics(21)],
+    )
+    history = model.fit(
+        build_dataset(section, "train", batch_size=2),
+        steps_per_epoch=2,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+    )
+    assert np.isfinite(history.history["loss"][0])
+    result = model.evaluate(
+        build_dataset(section, "val", batch_size=1), return_dict=True, verbose=0
+    )
+    assert 0.0 <= result["mean_iou"] <= 1.0

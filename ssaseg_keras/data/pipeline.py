@@ -176,6 +176,8 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
             buffer = config["shuffle_buffer"] or max(count, 1)
             head = head.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
         ds = head.map(lambda *a: decoded(*load(*a)), num_parallel_calls=parallel)
+        if config.get("skip_corrupt"):  # files that fail to decode (verify only reads headers)
+            ds = ds.ignore_errors(log_warning=True)
     if config["cache"]:
         ds = ds.cache()
     if shuffle and decoded_shuffle:
@@ -221,8 +223,6 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
                 padding_values=values,
                 drop_remainder=drop_remainder,
             )
-    if config.get("skip_corrupt"):
-        ds = ds.ignore_errors(log_warning=True)
     options = tf.data.Options()
     options.deterministic = config["deterministic"]
     ds = ds.with_options(options)
