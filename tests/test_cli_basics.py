@@ -1,0 +1,36 @@
+"""The console script: --help, --version, info, and a user mistake's exit code."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from ssaseg_keras.version import __version__
+
+
+def run_cli(*args):
+    code = "import sys; from ssaseg_keras_cli.main import main; sys.argv[0] = 'ssaseg-keras'; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300)
+
+
+def test_version_and_help():
+    done = run_cli("--version")
+    assert done.returncode == 0 and __version__ in done.stdout
+    done = run_cli("--help")
+    assert done.returncode == 0 and "info" in done.stdout and "KERAS_BACKEND" in done.stdout
+
+
+def test_info_reports_versions_backend_and_devices():
+    import keras
+
+    done = run_cli("info")
+    assert done.returncode == 0, done.stderr
+    assert f"keras                {keras.__version__}" in done.stdout
+    assert f"backend              {keras.backend.backend()}" in done.stdout
+    assert "device" in done.stdout
+
+
+def test_unknown_command_is_one_line_and_exit_code_2():
+    done = run_cli("no-such-command")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr and "No such command" in done.stderr

@@ -1,0 +1,29 @@
+"""Resizes against PyTorch's F.interpolate (the reference's), on the active Keras backend."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import to_numpy
+
+from ssaseg_keras.ops import downsample_labels, resize_bilinear
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("size", [(16, 20), (3, 4), (7, 30), (20, 5), (1, 1), (14, 18)])
+def test_bilinear_matches_torch(size, align_corners):
+    x = np.random.default_rng(0).normal(size=(2, 7, 9, 3)).astype("float32")
+    expected = torch.nn.functional.interpolate(
+        torch.tensor(x).permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=align_corners
+    ).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(to_numpy(resize_bilinear(x, size, align_corners)), expected.numpy(), atol=2e-6)
+
+
+@pytest.mark.parametrize("shape", [(37, 50, 16, 16), (64, 64, 16, 16), (100, 77, 13, 9), (10, 10, 30, 7)])
+def test_label_downsampling_matches_torch_legacy_nearest(shape):
+    in_h, in_w, out_h, out_w = shape
+    labels = np.random.default_rng(1).integers(0, 256, size=(2, in_h, in_w)).astype("int32")
+    expected = torch.nn.functional.interpolate(torch.tensor(labels[:, None]).float(), size=(out_h, out_w), mode="nearest")
+    np.testing.assert_array_equal(to_numpy(downsample_labels(labels, (out_h, out_w))), expected[:, 0].numpy())
