@@ -95,3 +95,33 @@ def test_in_compiled_evaluate():
     cm = np.zeros((4, 4), np.int64)
     np.add.at(cm, (labels[valid], preds[valid]), 1)
     assert out["mean_iou"] == pytest.approx(metrics_from_confusion(cm)["mIoU"], abs=1e-6)
+
+
+def test_resize_logits_matches_the_reference_bilinear():
+    from ssaseg_keras.metrics.segmentation import resize_logits
+    from ssaseg_keras.ops import resize_bilinear
+
+    x = np.random.default_rng(0).normal(size=(2, 5, 7, 3)).astype(np.float32)
+    for size in [(10, 14), (3, 4)]:
+        np.testing.assert_allclose(
+            to_numpy(resize_logits(x, *size)), to_numpy(resize_bilinear(x, size)), atol=1e-5
+        )
+
+
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow", reason="unknown sizes exist only in TF graphs"
+)
+def test_unknown_sizes_in_a_tf_graph():
+    import tensorflow as tf
+
+    metric = SegmentationMetrics(num_classes=3)
+    spec = [tf.TensorSpec([1, None, None], tf.int32), tf.TensorSpec([1, None, None, 3], tf.float32)]
+    update = tf.function(metric.update_state, input_signature=spec)
+    coarse = np.array([[[0, 1], [2, 1]]])
+    update(
+        np.repeat(np.repeat(coarse, 2, axis=1), 2, axis=2).astype(np.int32),
+        np.eye(3, dtype=np.float32)[coarse],
+    )
+    np.testing.assert_array_equal(
+        to_numpy(metric.confusion.value), [[4, 0, 0], [0, 8, 0], [0, 0, 4]]
+    )

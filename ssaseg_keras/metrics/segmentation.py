@@ -37,6 +37,28 @@ def metrics_from_confusion(confusion, class_names=None):
     return out
 
 
+def _linear_taps(in_size, out_size):
+    """Half-pixel-centre source taps (lo, hi int32 (out,), weight of hi float32 (out,)), clamped at
+    the borders as torch's `F.interpolate(mode="bilinear", align_corners=False)`."""
+    scale = ops.cast(in_size, "float32") / ops.cast(out_size, "float32")
+    src = ops.maximum((ops.cast(ops.arange(out_size), "float32") + 0.5) * scale - 0.5, 0.0)
+    lo = ops.minimum(ops.cast(ops.floor(src), "int32"), in_size - 1)
+    hi = ops.minimum(lo + 1, in_size - 1)
+    return lo, hi, src - ops.cast(lo, "float32")
+
+
+def resize_logits(logits, height, width):
+    """Bilinear resize (half-pixel centres, no antialias) of (B, h, w, K) logits to (B, height,
+    width, K); sizes may be dynamic (TF graphs with unknown image sizes)."""
+    shape = ops.shape(logits)
+    lo, hi, frac = _linear_taps(shape[1], height)
+    frac = frac[None, :, None, None]
+    logits = ops.take(logits, lo, axis=1) * (1.0 - frac) + ops.take(logits, hi, axis=1) * frac
+    lo, hi, frac = _linear_taps(shape[2], width)
+    frac = frac[None, None, :, None]
+    return ops.take(logits, lo, axis=2) * (1.0 - frac) + ops.take(logits, hi, axis=2) * frac
+
+
 class SegmentationMetrics(keras.metrics.Metric):
     """Streaming confusion matrix over pixels; `result()` is the mIoU.
 
@@ -80,11 +102,11 @@ class SegmentationMetrics(keras.metrics.Metric):
             y_true = y_true[..., 0]
         y_true = ops.cast(y_true, "int32")
         if len(y_pred.shape) == len(y_true.shape) + 1:  # logits
-            if tuple(y_pred.shape[1:3]) != tuple(y_true.shape[1:3]):
-                y_pred = ops.image.resize(
-                    ops.cast(y_pred, "float32"), tuple(y_true.shape[1:3]), interpolation="bilinear",
-                    data_format="channels_last",
-                )  # fmt: skip
+            pred_size, true_size = tuple(y_pred.shape[1:3]), tuple(y_true.shape[1:3])
+            if None in pred_size + true_size or pred_size != true_size:
+                y_pred = resize_logits(
+                    ops.cast(y_pred, "float32"), ops.shape(y_true)[1], ops.shape(y_true)[2]
+                )
             y_pred = ops.argmax(y_pred, axis=-1)
         y_pred = ops.cast(y_pred, "int32")
         valid = (y_true >= 0) & (y_true < k) & (y_pred >= 0) & (y_pred < k)
