@@ -257,6 +257,11 @@ def test_eval_batches_keep_original_labels(encoded_folder):
     assert np.all(y.numpy()[0, 40:] == 255) and np.all(y.numpy()[1, :, 32:] == 255)
     assert np.all(x.numpy()[1, :, 19:] == 0)
     np.testing.assert_array_equal(y.numpy()[1, :48, :32], labels[1])
+    # pad_multiple: 20x28 and 28x19 images padded to 32x32, meta keeps the valid sizes.
+    padded = list(build_dataset(section, "val", batch_size=1, return_meta=True, pad_multiple=16))
+    assert [tuple(x.shape) for x, _, _ in padded] == [(1, 32, 32, 3), (1, 32, 32, 3)]
+    np.testing.assert_array_equal(padded[1][0].numpy()[0, :28, :19], one[1][0].numpy()[0])
+    np.testing.assert_array_equal(padded[1][2]["image_shape"].numpy(), [[28, 19]])
 
 
 def test_cache_option_gives_the_same_batches():

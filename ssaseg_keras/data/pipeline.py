@@ -128,7 +128,7 @@ def _tfds(config, split):
 
 
 def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=None, shuffle=None,
-                  augment=None, drop_remainder=None, return_meta=False):  # fmt: skip
+                  augment=None, drop_remainder=None, return_meta=False, pad_multiple=None):  # fmt: skip
     """The tf.data pipeline of a recipe's `data:` section.
 
     Args:
@@ -143,6 +143,9 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
         drop_remainder: drop a last partial batch (default: True with augment, else False).
         return_meta: eval only; add a third element {"image_shape": (B, 2), "label_shape": (B, 2)}
             int32 holding each image's resized (h, w) and original label (h, w) before padding.
+        pad_multiple: eval only; pad each resized image (bottom/right, with 0) up to a multiple of
+            this, so that compiled backends see few distinct shapes. Crop predictions back to
+            meta["image_shape"] before resizing them to the label (use with return_meta=True).
 
     Returns:
         tf.data.Dataset of (images float32 (B, H, W, 3), labels int32 (B, H', W')[, meta]).
@@ -158,6 +161,8 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
     drop_remainder = augment if drop_remainder is None else drop_remainder
     if return_meta and augment:
         raise ValueError("return_meta applies to eval pipelines (augment=False)")
+    if pad_multiple is not None and (augment or int(pad_multiple) < 1):
+        raise ValueError("pad_multiple is a positive int for eval pipelines (augment=False)")
     parallel = (
         tf.data.AUTOTUNE if config["num_parallel_calls"] == "auto" else config["num_parallel_calls"]
     )
@@ -202,13 +207,15 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
 
         def eval_map(image, label):
             resized = eval_transform(image, config)
-            if return_meta:
-                meta = {"image_shape": tf.shape(resized)[:2], "label_shape": tf.shape(label)}
-                return resized, label, meta
-            return resized, label
+            meta = {"image_shape": tf.shape(resized)[:2], "label_shape": tf.shape(label)}
+            if pad_multiple:
+                target = -(-meta["image_shape"] // pad_multiple) * pad_multiple
+                extra = target - meta["image_shape"]
+                resized = tf.pad(resized, [[0, extra[0]], [0, extra[1]], [0, 0]])
+            return (resized, label, meta) if return_meta else (resized, label)
 
         ds = ds.map(eval_map, num_parallel_calls=parallel)
-        if batch_size == 1 or (config["source"] == "synthetic"):
+        if batch_size == 1 or (config["source"] == "synthetic" and not pad_multiple):
             ds = ds.batch(batch_size, drop_remainder=drop_remainder)
         else:
             shapes = ([None, None, 3], [None, None]) + (
