@@ -297,3 +297,34 @@ def test_the_dataset_feeds_fit_and_evaluate_on_this_backend():
         build_dataset(section, "val", batch_size=1), return_dict=True, verbose=0
     )
     assert 0.0 <= result["mean_iou"] <= 1.0
+
+
+def test_transforms_match_opencv_as_mmseg_uses_it():
+    """Resize and the HSV steps against OpenCV (mmcv's backend), where OpenCV is installed."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8), (5, 5), 2)
+    lab = rng.integers(0, 20, (37, 53), dtype=np.uint8)
+    x = tf.constant(img, tf.float32)
+    for h, w in [(74, 106), (20, 29)]:
+        ref = cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR).astype(np.float32)
+        assert np.abs(T.resize_image(x, (h, w)).numpy() - ref).max() <= 1.0  # cv2's fixed point
+        ref = cv2.resize(lab, (w, h), interpolation=cv2.INTER_NEAREST)
+        np.testing.assert_array_equal(
+            T.resize_label(tf.constant(lab, tf.int32), (h, w)).numpy(), ref
+        )
+
+    def mmcv_hsv(alpha=None, shift=None):
+        hsv = cv2.cvtColor(img[..., ::-1].copy(), cv2.COLOR_BGR2HSV)
+        if alpha is not None:
+            hsv[..., 1] = np.clip(hsv[..., 1] * np.float32(alpha), 0, 255).astype(np.uint8)
+        if shift is not None:
+            hsv[..., 0] = (hsv[..., 0].astype(int) + shift) % 180
+        return cv2.cvtColor(hsv, cv2.COLOR_HSV2BGR)[..., ::-1].astype(np.float32)
+
+    for alpha in (0.6, 1.4):
+        diff = np.abs(T._hsv_adjust(x, saturation=alpha).numpy() - mmcv_hsv(alpha=alpha))
+        assert diff.max() <= 3 and diff.mean() < 0.5
+    for shift in (-18, 7):
+        diff = np.abs(T._hsv_adjust(x, hue_shift=float(shift)).numpy() - mmcv_hsv(shift=shift))
+        assert diff.max() <= 3 and diff.mean() < 0.5
