@@ -18,6 +18,7 @@ from ssaseg_keras.version import __version__
 COMMANDS = [
     ("info", "info"),
     ("data", "data"),
+    ("convert", "convert"),
 ]
 
 
