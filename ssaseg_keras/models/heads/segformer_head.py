@@ -1,0 +1,58 @@
+"""SegFormer's all-MLP decode head.
+
+    stage i --1x1 projection (with bias) to `channels`--> resize to stage 1's size (bilinear,
+    half-pixel) --> concat (stage 4 first, as SegFormer) --> 1x1 fusion conv + BN + ReLU = F
+
+F is at stride 4: (B, H/4, W/4, channels).
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from ssaseg_keras.models.heads.common import ConvNormAct
+from ssaseg_keras.ops.resize import resize_bilinear
+
+
+@keras.saving.register_keras_serializable(package="ssaseg_keras")
+class SegFormerHead(keras.layers.Layer):
+    """All-MLP head. Call on the list of 4 stage features -> F (B, H_1, W_1, channels).
+
+    Args:
+        channels: projection and output width (256 for B0/B1, 768 for B2-B5).
+        in_index: the backbone stages (0-based) the head reads; the first sets the output size.
+    """
+
+    def __init__(self, channels=256, in_index=(0, 1, 2, 3), **kwargs):
+        super().__init__(**kwargs)
+        self.channels = int(channels)
+        self.in_index = tuple(int(i) for i in in_index)
+
+    def build(self, input_shape):
+        policy = self.dtype_policy
+        projections = []
+        for position, index in enumerate(self.in_index):
+            layer = keras.layers.Dense(self.channels, dtype=policy, name=f"linear_c{position + 1}")
+            layer.build(input_shape[index])
+            projections.append(layer)
+        self.projections = projections
+        self.fuse = ConvNormAct(self.channels, norm="batch", dtype=policy, name="linear_fuse")
+        base = tuple(input_shape[self.in_index[0]][:-1])
+        self.fuse.build(base + (self.channels * len(self.in_index),))
+        self.built = True
+
+    def call(self, features, training=False):
+        selected = [features[i] for i in self.in_index]
+        size = (int(selected[0].shape[1]), int(selected[0].shape[2]))
+        projected = [
+            resize_bilinear(layer(level), size, align_corners=False)
+            for layer, level in zip(self.projections, selected)
+        ]
+        return self.fuse(ops.concatenate(projected[::-1], axis=-1), training=training)
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[self.in_index[0]][:-1]) + (self.channels,)
+
+    def get_config(self):
+        return {**super().get_config(), "channels": self.channels, "in_index": list(self.in_index)}

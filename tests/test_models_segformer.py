@@ -1,0 +1,65 @@
+"""SegFormer: keras-cv MiT adapter + all-MLP head, with and without SSA."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from ssaseg_keras.models import build_segmentor, model_summary_counts
+from ssaseg_keras.models.heads.segformer_head import SegFormerHead
+from ssaseg_keras.utils.errors import UserError
+
+HAS_KERAS_CV = importlib.util.find_spec("keras_cv") is not None
+needs_keras_cv = pytest.mark.skipif(not HAS_KERAS_CV, reason="keras-cv is not installed")
+
+
+def test_segformer_head_shapes_and_order():
+    head = SegFormerHead(channels=16)
+    features = [np.ones((2, 64 // s, 96 // s, c), "float32") for s, c in zip((4, 8, 16, 32), (8, 16, 24, 32))]
+    out = head(features, training=False)
+    assert tuple(out.shape) == (2, 16, 24, 16)
+    assert [tuple(p.kernel.shape) for p in head.projections] == [(8, 16), (16, 16), (24, 16), (32, 16)]
+    assert tuple(head.fuse.conv.kernel.shape) == (1, 1, 64, 16)
+    assert ops.convert_to_numpy(out).min() >= 0.0
+
+
+@pytest.fixture(scope="module")
+def segformer_b0():
+    return build_segmentor({"family": "segformer", "size": "b0", "num_classes": 150, "ssa": True, "image_size": 64})
+
+
+@needs_keras_cv
+def test_segformer_b0_builds_runs_and_counts(segformer_b0):
+    model = segformer_b0
+    assert model.backbone.stage_channels == [32, 64, 160, 256]
+    x = np.random.RandomState(0).randn(2, 64, 64, 3).astype("float32")
+    assert tuple(model(x).shape) == (2, 64, 64, 150)
+    out = model(x, training=True)
+    assert tuple(out["features"].shape) == (2, 16, 16, 256)
+    # keras-cv MiT-B0 (3,319,392) + all-MLP head (394,752) + 1x1 classifier (38,550) = 3,752,694;
+    # SSA adds 566,272 trainable parameters at C=256, K=150 (the same as for SegNeXt-T).
+    assert model_summary_counts(model)["trainable"] == 3_752_694 + 566_272
+
+
+@needs_keras_cv
+def test_segformer_round_trip(tmp_path, segformer_b0):
+    path = str(tmp_path / "segformer.keras")
+    segformer_b0.save(path)
+    loaded = keras.saving.load_model(path)
+    x = np.random.RandomState(1).randn(1, 64, 64, 3).astype("float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(loaded(x)), ops.convert_to_numpy(segformer_b0(x)), atol=1e-5)
+
+
+def test_mit_needs_a_square_size():
+    with pytest.raises(UserError, match="fixed square input"):
+        build_segmentor({"family": "segformer", "size": "b0", "num_classes": 7, "image_size": [64, 96]})
+
+
+@pytest.mark.skipif(importlib.util.find_spec("keras_hub") is not None, reason="keras-hub is installed")
+def test_missing_keras_hub_is_a_clear_error():
+    with pytest.raises(UserError, match="keras-hub is not installed: `pip install keras-hub`"):
+        build_segmentor({"family": "segformer", "size": "b0", "num_classes": 7, "source": "keras_hub", "image_size": 64})
