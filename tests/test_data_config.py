@@ -76,6 +76,7 @@ def test_folder_needs_class_names():
         ({"source": "tfds", "name": "x"}, r"data.num_classes: required for source tfds"),
         ({"source": "tfds", "name": "x", "num_classes": 3, "split": {"test": "t"}}, r"data.split"),
         ("ade20k", r"data: must be a mapping"),
+        ({"source": "synthetic", "num_classes": 1}, r"data.num_classes: .*at least 2"),
     ],
 )
 def test_errors_name_the_key(section, pattern):

@@ -190,6 +190,10 @@ def validate_data_config(section):
         raise _err("class_names", f"has {len(names)} names but num_classes is {num_classes}")
     if num_classes is None:
         num_classes = len(names) if names is not None else fixed
+    if source == "synthetic" and num_classes < 2:
+        raise _err(
+            "num_classes", f"the synthetic dataset needs at least 2 classes, got {num_classes}"
+        )
     out["num_classes"] = num_classes
     out["class_names"] = class_names(source, num_classes, names)
 

@@ -128,7 +128,8 @@ def _tfds(config, split):
 
 
 def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=None, shuffle=None,
-                  augment=None, drop_remainder=None, return_meta=False, pad_multiple=None):  # fmt: skip
+                  augment=None, drop_remainder=None, return_meta=False, pad_multiple=None,
+                  skip_batches=0):  # fmt: skip
     """The tf.data pipeline of a recipe's `data:` section.
 
     Args:
@@ -143,6 +144,9 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
         drop_remainder: drop a last partial batch (default: True with augment, else False).
         return_meta: eval only; add a third element {"image_shape": (B, 2), "label_shape": (B, 2)}
             int32 holding each image's resized (h, w) and original label (h, w) before padding.
+        skip_batches: train only; start after this many batches of the same seeded sequence, without
+            decoding or augmenting them (resuming a run continues its data order exactly; with
+            `skip_corrupt`, skipped corrupt files shift the sequence).
         pad_multiple: eval only; pad each resized image (bottom/right, with 0) up to a multiple of
             this, so that compiled backends see few distinct shapes. Crop predictions back to
             meta["image_shape"] before resizing them to the label (use with return_meta=True).
@@ -171,6 +175,9 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
     def decoded(image, label):
         return image, reduce_zero_label(label) if reduce else label
 
+    if skip_batches and not augment:
+        raise ValueError("skip_batches applies to training pipelines (augment=True)")
+    skip_samples = first_index = int(skip_batches) * int(batch_size)
     head, load, count = _source(config, split)
     if head is None:  # tfds: already decoded
         ds = load.map(decoded, num_parallel_calls=parallel)
@@ -180,6 +187,9 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
         if shuffle and not decoded_shuffle:
             buffer = config["shuffle_buffer"] or max(count, 1)
             head = head.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        if repeat and not decoded_shuffle:  # repeat and skip the cheap paths, before decoding
+            head = head.repeat().skip(skip_samples)
+            repeat, skip_samples = False, 0
         ds = head.map(lambda *a: decoded(*load(*a)), num_parallel_calls=parallel)
         if config.get("skip_corrupt"):  # files that fail to decode (verify only reads headers)
             ds = ds.ignore_errors(log_warning=True)
@@ -193,6 +203,8 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
         )
     if repeat:
         ds = ds.repeat()
+    if skip_samples:
+        ds = ds.skip(skip_samples)
 
     if augment:
         base = tf.constant(seed, tf.int64)
@@ -201,7 +213,7 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
             element_seed = tf.stack([base, index])
             return train_transform(sample[0], sample[1], element_seed, config)
 
-        ds = ds.enumerate().map(train_map, num_parallel_calls=parallel)
+        ds = ds.enumerate(start=first_index).map(train_map, num_parallel_calls=parallel)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     else:
 

@@ -60,8 +60,9 @@ def generate(index, seed, image_size, num_classes):
 
     Returns image uint8 (H, W, 3) and label int32 (H, W) with ids in [0, num_classes).
     """
-    import tensorflow as tf
+    from ssaseg_keras.data.transforms import import_tf
 
+    tf = import_tf()
     if num_classes < 2:
         raise ValueError("the synthetic dataset needs at least 2 classes")
     h, w = image_size
@@ -149,8 +150,10 @@ def synthetic_numpy(config, split="train", count=None):
     """(images uint8 (N, H, W, 3), labels int32 (N, H, W)) of a synthetic split, eagerly (for tests,
     notebooks and `data check`)."""
     import numpy as np
-    import tensorflow as tf
 
+    from ssaseg_keras.data.transforms import import_tf
+
+    tf = import_tf()
     n = count or (config["num_images"] if split == "train" else config["num_val_images"])
     offset = 0 if split == "train" else VAL_OFFSET
     pairs = [
