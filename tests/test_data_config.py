@@ -124,3 +124,12 @@ def test_config_and_metric_import_without_tensorflow():
 def test_validation_is_idempotent(section):
     cfg = validate_data_config(section)
     assert validate_data_config(cfg) == cfg
+
+
+def test_colorize():
+    rgb = catalog.colorize([[0, 1], [255, 2]], num_classes=3)
+    pal = catalog.palette(3)
+    assert rgb.shape == (2, 2, 3) and rgb.dtype.name == "uint8"
+    assert (
+        tuple(rgb[0, 1]) == pal[1] and tuple(rgb[1, 1]) == pal[2] and tuple(rgb[1, 0]) == (0, 0, 0)
+    )

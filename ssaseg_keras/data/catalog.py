@@ -132,3 +132,18 @@ def palette(num_classes):
         r, g, b = colorsys.hls_to_rgb(hue, light, sat)
         colours.append((int(round(r * 255)), int(round(g * 255)), int(round(b * 255))))
     return colours
+
+
+def colorize(label, colours=None, num_classes=None, ignore_colour=(0, 0, 0)):
+    """label int (H, W) -> uint8 RGB (H, W, 3) with `palette(num_classes)` (or `colours`); 255 and
+    out-of-range ids get `ignore_colour`."""
+    import numpy as np
+
+    label = np.asarray(label)
+    if colours is None:
+        colours = palette(
+            num_classes if num_classes is not None else int(label[label != 255].max(initial=0)) + 1
+        )
+    table = np.tile(np.asarray(ignore_colour, np.uint8), (256, 1))
+    table[: len(colours)] = np.asarray(colours, np.uint8)[:256]
+    return table[np.clip(label, 0, 255).astype(np.int64)]
