@@ -6,7 +6,7 @@ Main entry points:
     dataset_info(config) -> {"num_classes", "class_names", "palette", "ignore_index", ...}
 """
 
-from ssaseg_keras.data.catalog import class_names, palette
+from ssaseg_keras.data.catalog import class_names, colorize, palette
 from ssaseg_keras.data.config import validate_data_config
 
 
@@ -34,6 +34,7 @@ def dataset_size(data_config, split="train"):
 __all__ = [
     "build_dataset",
     "class_names",
+    "colorize",
     "dataset_info",
     "dataset_size",
     "palette",
