@@ -1,0 +1,194 @@
+"""The reference's optimizer: AdamW with mmcv parameter groups, and its warm-up + poly schedule.
+
+Parameter groups follow mmcv's `paramwise_cfg.custom_keys` exactly, applied to each weight's
+*reference* name (e.g. `backbone.block1.0.norm1.weight`, `decode_head.conv_seg.weight`) so that the
+same weights get the same treatment as in the reference: the longest matching key wins (ties by
+alphabetical order) and only that key's multipliers apply. SegNeXt's recipe uses
+`{"pos_block": decay 0, "norm": decay 0, "head": lr x10}`. Weights without a reference name (e.g.
+keras-cv's MiT) are matched on their Keras path.
+
+`GroupedAdamW` is Keras' AdamW with a learning-rate and a weight-decay multiplier per variable:
+the multiplier scales Adam's *step* (scaling gradients would not, Adam being scale-invariant), and
+the decoupled decay uses the group's learning rate, as torch's AdamW does.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+DEFAULT_CUSTOM_KEYS = {
+    "pos_block": {"decay_mult": 0.0},
+    "norm": {"decay_mult": 0.0},
+    "head": {"lr_mult": 10.0},
+}
+
+
+def reference_names(model):
+    """{id(variable): reference name} for the variables a reference mapping covers."""
+    from ssaseg_keras.convert.reference import reference_mapping
+
+    try:
+        return {id(variable): name for name, variable, _ in reference_mapping(model)}
+    except TypeError:  # no mapping registered for this model
+        return {}
+
+
+def parameter_groups(model, custom_keys=None, head_lr_mult=None):
+    """{variable.path: (lr_mult, decay_mult)} for the model's trainable variables (mmcv's rule).
+
+    Args:
+        model: a built model; reference names come from its registered reference mapping.
+        custom_keys: {substring: {"lr_mult": x, "decay_mult": y}}; default `DEFAULT_CUSTOM_KEYS`.
+        head_lr_mult: overrides the "head" key's lr_mult (the recipe's `train.head_lr_mult`).
+    """
+    keys = {k: dict(v) for k, v in (custom_keys or DEFAULT_CUSTOM_KEYS).items()}
+    if head_lr_mult is not None and "head" in keys:
+        keys["head"]["lr_mult"] = float(head_lr_mult)
+    ordered = sorted(sorted(keys), key=len, reverse=True)
+    names = reference_names(model)
+    groups = {}
+    for variable in model.trainable_variables:
+        name = names.get(id(variable))
+        if name is None:
+            name = _keras_name(model, variable)
+        multipliers = (1.0, 1.0)
+        for key in ordered:
+            if key in name:
+                multipliers = (float(keys[key].get("lr_mult", 1.0)), float(keys[key].get("decay_mult", 1.0)))
+                break
+        groups[variable.path] = multipliers
+    return groups
+
+
+def _keras_name(model, variable):
+    """A reference-like name for a variable without a reference mapping: its path, where the
+    segmentor's `decode_head`/`classifier` parts read as `decode_head.*` (so "head" matches)."""
+    path = variable.path
+    for part, prefix in ((getattr(model, "decode_head", None), "decode_head."), (getattr(model, "classifier", None), "decode_head.")):
+        if part is not None and any(v is variable for v in part.variables):
+            return prefix + path
+    return path
+
+
+@keras.saving.register_keras_serializable(package="ssaseg_keras")
+class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """mmcv's iteration-based schedule: poly decay with a linear warm-up multiplied in.
+
+    lr(i) = ((base - min_lr) * (1 - i / max_iters) ** power + min_lr) * w(i), where
+    w(i) = 1 - (1 - i / warmup_iters) * (1 - warmup_ratio) for i < warmup_iters, else 1.
+    `i` counts optimizer updates: the step counter divided by `accumulate_steps`.
+    """
+
+    def __init__(self, base_lr, max_iters, warmup_iters=0, warmup_ratio=1e-6, power=1.0, min_lr=0.0,
+                 accumulate_steps=1, multiplier=1.0):  # fmt: skip
+        self.base_lr = float(base_lr)
+        self.max_iters = int(max_iters)
+        self.warmup_iters = int(warmup_iters)
+        self.warmup_ratio = float(warmup_ratio)
+        self.power = float(power)
+        self.min_lr = float(min_lr)
+        self.accumulate_steps = int(accumulate_steps)
+        self.multiplier = float(multiplier)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        if self.accumulate_steps > 1:
+            step = ops.floor(step / self.accumulate_steps)
+        progress = ops.minimum(step / float(max(self.max_iters, 1)), 1.0)
+        regular = (self.base_lr - self.min_lr) * ops.power(1.0 - progress, self.power) + self.min_lr
+        if self.warmup_iters > 0:
+            k = (1.0 - step / float(self.warmup_iters)) * (1.0 - self.warmup_ratio)
+            regular = ops.where(step < self.warmup_iters, regular * (1.0 - k), regular)
+        return regular * self.multiplier
+
+    def get_config(self):
+        return {
+            "base_lr": self.base_lr,
+            "max_iters": self.max_iters,
+            "warmup_iters": self.warmup_iters,
+            "warmup_ratio": self.warmup_ratio,
+            "power": self.power,
+            "min_lr": self.min_lr,
+            "accumulate_steps": self.accumulate_steps,
+            "multiplier": self.multiplier,
+        }
+
+
+@keras.saving.register_keras_serializable(package="ssaseg_keras")
+class GroupedAdamW(keras.optimizers.AdamW):
+    """AdamW with per-variable learning-rate and weight-decay multipliers.
+
+    Args:
+        groups: {variable.path: (lr_mult, decay_mult)} (see `parameter_groups`); variables not
+            listed use (1, 1).
+        **kwargs: keras.optimizers.AdamW's arguments.
+    """
+
+    def __init__(self, groups=None, **kwargs):
+        super().__init__(**kwargs)
+        self.groups = {str(k): (float(v[0]), float(v[1])) for k, v in (groups or {}).items()}
+
+    def build(self, variables):
+        super().build(variables)
+        self._lr_mults = [self.groups.get(v.path, (1.0, 1.0))[0] for v in variables]
+        self._decay_mults = [self.groups.get(v.path, (1.0, 1.0))[1] for v in variables]
+
+    def _multipliers(self, variable):
+        index = self._get_variable_index(variable)
+        return self._lr_mults[index], self._decay_mults[index]
+
+    def update_step(self, gradient, variable, learning_rate):
+        lr_mult, _ = self._multipliers(variable)
+        if lr_mult != 1.0:
+            learning_rate = ops.cast(learning_rate, variable.dtype) * lr_mult
+        return super().update_step(gradient, variable, learning_rate)
+
+    def _apply_weight_decay(self, variables):
+        # Decoupled decay with the group's learning rate: p -= lr * lr_mult * wd * decay_mult * p.
+        if self.weight_decay is None:
+            return
+        for variable in variables:
+            lr_mult, decay_mult = self._multipliers(variable)
+            if decay_mult == 0.0 or not self._use_weight_decay(variable):
+                continue
+            lr = ops.cast(self.learning_rate, variable.dtype)
+            factor = lr * (self.weight_decay * lr_mult * decay_mult)
+            variable.assign(variable - variable * factor)
+
+    def get_config(self):
+        return {**super().get_config(), "groups": {k: list(v) for k, v in self.groups.items()}}
+
+
+def build_optimizer(model, train_config):
+    """The recipe's optimizer for `model`: GroupedAdamW with the warm-up + poly schedule.
+
+    Args:
+        model: the built segmentor.
+        train_config: the recipe's validated `train:` section.
+    """
+    accumulate = int(train_config.get("accumulate_steps", 1) or 1)
+    schedule = WarmupPolyDecay(
+        base_lr=train_config["lr"],
+        max_iters=train_config["max_iters"],
+        warmup_iters=train_config.get("warmup_iters", 0),
+        warmup_ratio=train_config.get("warmup_ratio", 1e-6),
+        power=train_config.get("poly_power", 1.0),
+        min_lr=train_config.get("min_lr", 0.0),
+        accumulate_steps=accumulate,
+    )
+    betas = train_config.get("betas", (0.9, 0.999))
+    kwargs = {}
+    if train_config.get("clip_grad_norm"):
+        kwargs["global_clipnorm"] = float(train_config["clip_grad_norm"])
+    if accumulate > 1:
+        kwargs["gradient_accumulation_steps"] = accumulate
+    return GroupedAdamW(
+        groups=parameter_groups(model, head_lr_mult=train_config.get("head_lr_mult", 10.0)),
+        learning_rate=schedule,
+        beta_1=float(betas[0]),
+        beta_2=float(betas[1]),
+        epsilon=1e-8,  # torch's AdamW default (Keras' is 1e-7)
+        weight_decay=float(train_config.get("weight_decay", 0.01)),
+        **kwargs,
+    )

@@ -1,0 +1,279 @@
+"""Iteration-based training from a recipe, on any backend, with Keras' own `fit` loop.
+
+`train(recipe, work_dir)` builds the model, the tf.data pipeline and the optimizer from the recipe,
+and runs `model.fit` (compiled: XLA on TensorFlow, jit on JAX) in chunks of `log_interval`
+iterations. The segmentor's `compute_loss` holds the SSA-Seg objective, so the step is the same
+code on TensorFlow, JAX and PyTorch. Between chunks (never inside a step) the `IterationLogger`
+callback prints progress, writes the JSON-lines log and TensorBoard scalars, evaluates every
+`eval_interval` and checkpoints every `checkpoint_interval` iterations.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+
+import keras
+import numpy as np
+import yaml
+
+from ssaseg_keras.training import checkpoint as ckpt
+from ssaseg_keras.utils.errors import UserError
+
+PAPER_BATCH_SIZE = 16
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+def configure_backend_for_data():
+    """Keep TensorFlow (used by tf.data) off the GPUs when it is not the Keras backend, so it does not
+    reserve the device memory that JAX or PyTorch needs."""
+    if keras.backend.backend() == "tensorflow":
+        return
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # already initialised: nothing more can be done
+        pass
+
+
+def set_precision(precision):
+    """Set the global dtype policy (float32, mixed_float16 or mixed_bfloat16) before building."""
+    keras.config.set_dtype_policy(precision)
+
+
+def build_training_model(recipe, load_pretrained=True):
+    """The compiled segmentor and its optimizer for a validated recipe."""
+    from ssaseg_keras.models import build_segmentor
+    from ssaseg_keras.training.optimizer import build_optimizer
+
+    model = build_segmentor(recipe["model"], load_pretrained=load_pretrained, training=True)
+    optimizer = build_optimizer(model, recipe["train"])
+    model.compile(optimizer=optimizer, jit_compile="auto")
+    return model
+
+
+def learning_rate(model):
+    """The current (base-group) learning rate as a float."""
+    optimizer = model.optimizer
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    schedule = inner._learning_rate
+    step = inner._iterations if hasattr(inner, "_iterations") else inner.iterations
+    value = schedule(step) if callable(schedule) else schedule
+    return float(keras.ops.convert_to_numpy(value))
+
+
+def iteration_of(model):
+    """Optimizer updates done so far (what the schedule and checkpoints count)."""
+    return int(keras.ops.convert_to_numpy(model.optimizer.iterations))
+
+
+class IterationLogger(keras.callbacks.Callback):
+    """Runs at the end of every chunk of `log_interval` iterations (a Keras "epoch" here).
+
+    Prints one progress line (iteration, ETA, images/s, lr, every loss term), appends it to
+    `log.jsonl`, writes TensorBoard scalars, evaluates and checkpoints on their intervals, and stops
+    with a clear message naming the iteration when a loss is not finite.
+    """
+
+    def __init__(self, recipe, work_dir, evaluate_fn=None, start_iteration=0, best_miou=None, echo=print):
+        super().__init__()
+        self.recipe = recipe
+        self.train_cfg = recipe["train"]
+        self.work_dir = work_dir
+        self.evaluate_fn = evaluate_fn
+        self.echo = echo
+        self.start_iteration = start_iteration
+        self.best_miou = best_miou
+        self.writer = _summary_writer(os.path.join(work_dir, "tensorboard"))
+        self.log_path = os.path.join(work_dir, "log.jsonl")
+
+    def on_train_begin(self, logs=None):
+        self.started = time.perf_counter()
+        self.chunk_started = self.started
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.chunk_started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        cfg = self.train_cfg
+        iteration = iteration_of(self.model)
+        now = time.perf_counter()
+        chunk_iters = cfg["log_interval"]
+        done = iteration - self.start_iteration
+        rate = done / max(now - self.started, 1e-9)
+        eta = (cfg["max_iters"] - iteration) / max(rate, 1e-9)
+        images_per_s = chunk_iters * cfg["batch_size"] / max(now - self.chunk_started, 1e-9)
+        terms = {k: float(v) for k, v in (logs or {}).items() if k != "loss"}
+        total = float((logs or {}).get("loss", float("nan")))
+        record = {
+            "iteration": iteration,
+            "lr": learning_rate(self.model),
+            "loss": total,
+            **terms,
+            "images_per_s": images_per_s,
+            "eta_s": eta,
+        }
+        if not math.isfinite(total) or not all(math.isfinite(v) for v in terms.values()):
+            bad = [k for k, v in {"loss": total, **terms}.items() if not math.isfinite(v)]
+            self._log(record)
+            self.model.stop_training = True
+            self.diverged = TrainingDiverged(
+                f"training diverged at iteration {iteration}: {', '.join(bad)} not finite. "
+                "Try a lower train.lr, train.clip_grad_norm: 1.0, or precision: mixed_bfloat16 / float32; "
+                f"resume from the last checkpoint in {os.path.join(self.work_dir, 'checkpoints')}"
+            )
+            return
+        self.echo(
+            f"iter {iteration}/{cfg['max_iters']}  eta {_duration(eta)}  {images_per_s:.1f} img/s  "
+            f"lr {record['lr']:.3e}  loss {total:.4f}  "
+            + "  ".join(f"{k} {v:.4f}" for k, v in terms.items())
+        )
+        self._log(record)
+
+        evaluated = None
+        if self.evaluate_fn and (iteration % cfg["eval_interval"] == 0 or iteration >= cfg["max_iters"]):
+            evaluated = self.evaluate_fn(self.model)
+            miou = evaluated["mIoU"]
+            self.echo(
+                f"eval  iter {iteration}  mIoU {miou:.2f}  mAcc {evaluated['mAcc']:.2f}  "
+                f"aAcc {evaluated['aAcc']:.2f}  (mode: {evaluated['mode']})"
+            )
+            self._log({"iteration": iteration, **{f"val/{k}": evaluated[k] for k in ("mIoU", "mAcc", "aAcc")}})
+        if iteration % cfg["checkpoint_interval"] == 0 or iteration >= cfg["max_iters"] or evaluated:
+            is_best = evaluated is not None and (self.best_miou is None or evaluated["mIoU"] > self.best_miou)
+            if is_best:
+                self.best_miou = evaluated["mIoU"]
+            if iteration % cfg["checkpoint_interval"] == 0 or iteration >= cfg["max_iters"] or is_best:
+                ckpt.save_checkpoint(
+                    self.work_dir,
+                    self.model,
+                    self.model.optimizer,
+                    iteration,
+                    self.recipe,
+                    extra_state={"best_miou": self.best_miou, "last_eval": evaluated},
+                    keep=cfg["keep_checkpoints"],
+                    best=is_best,
+                )
+
+    def _log(self, record):
+        with open(self.log_path, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            step = record["iteration"]
+            for key, value in record.items():
+                if key != "iteration" and isinstance(value, int | float) and math.isfinite(value):
+                    self.writer(key if "/" in key else f"train/{key}", value, step)
+
+
+def _summary_writer(logdir):
+    """A `(tag, value, step)` TensorBoard scalar writer, or None when TensorFlow or TensorBoard is
+    absent (the JSON-lines log is always written)."""
+    try:
+        import tensorboard  # noqa: F401  (tf.summary needs it for its implementation)
+        import tensorflow as tf
+    except ImportError:
+        return None
+    writer = tf.summary.create_file_writer(logdir)
+
+    def write(tag, value, step):
+        with writer.as_default():
+            tf.summary.scalar(tag, value, step=step)
+        writer.flush()
+
+    return write
+
+
+def _duration(seconds):
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
+
+
+def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
+    """Train a validated recipe into `work_dir`; returns a summary dict.
+
+    Args:
+        recipe: the validated recipe (see `ssaseg_keras.recipes.load_recipe`).
+        work_dir: run folder (resolved recipe, checkpoints, logs, TensorBoard).
+        resume: continue from the latest checkpoint in work_dir (iteration, schedule, optimizer,
+            random-generator states and data order).
+    """
+    from ssaseg_keras.data import build_dataset
+    from ssaseg_keras.training.evaluation import make_evaluator
+
+    cfg = recipe["train"]
+    os.makedirs(work_dir, exist_ok=True)
+    configure_backend_for_data()
+    set_precision(cfg["precision"])
+    keras.utils.set_random_seed(cfg["seed"])
+    echo(
+        f"backend {keras.backend.backend()}  precision {cfg['precision']}  "
+        f"global batch {cfg['batch_size']} x {cfg['accumulate_steps']} accumulation = "
+        f"{cfg['batch_size'] * cfg['accumulate_steps']} images per update"
+    )
+    if cfg["batch_size"] * cfg["accumulate_steps"] != PAPER_BATCH_SIZE:
+        echo(
+            f"warning: the paper's schedule uses a global batch of {PAPER_BATCH_SIZE}; this run uses "
+            f"{cfg['batch_size'] * cfg['accumulate_steps']} (results and lr may differ)"
+        )
+    with open(os.path.join(work_dir, "recipe.yaml"), "w", encoding="utf-8") as handle:
+        yaml.safe_dump(recipe, handle, sort_keys=False)
+
+    model = build_training_model(recipe, load_pretrained=load_pretrained and not resume)
+    start, best = 0, None
+    if resume:
+        checkpoint = ckpt.latest_checkpoint(work_dir)
+        if checkpoint is None:
+            echo(f"no checkpoint in {work_dir}: starting from iteration 0")
+        else:
+            ckpt.restore_model(checkpoint, model)
+            ckpt.restore_optimizer(checkpoint, model.optimizer, model.trainable_variables)
+            state = ckpt.read_state(checkpoint)
+            start, best = int(state["iteration"]), state.get("best_miou")
+            echo(f"resumed from {checkpoint} (iteration {start}, trained on {state.get('backend')})")
+    if start >= cfg["max_iters"]:
+        echo(f"nothing to do: iteration {start} >= max_iters {cfg['max_iters']}")
+        return {"iteration": start, "best_miou": best, "work_dir": work_dir}
+
+    micro_per_update = cfg["accumulate_steps"]
+    train_ds = build_dataset(
+        recipe["data"], "train", batch_size=cfg["batch_size"], seed=cfg["seed"],
+        skip_batches=start * micro_per_update,
+    )  # fmt: skip
+    evaluator = make_evaluator(recipe)
+    logger = IterationLogger(recipe, work_dir, evaluate_fn=evaluator, start_iteration=start, best_miou=best, echo=echo)
+    chunk = cfg["log_interval"]
+    if start % chunk:
+        raise UserError(
+            f"cannot resume at iteration {start}: it is not a multiple of train.log_interval={chunk}"
+        )
+    epochs = math.ceil(cfg["max_iters"] / chunk)
+    model.fit(
+        train_ds,
+        epochs=epochs,
+        initial_epoch=start // chunk,
+        steps_per_epoch=chunk * micro_per_update,
+        callbacks=[logger],
+        verbose=0,
+    )
+    if getattr(logger, "diverged", None):
+        raise logger.diverged
+    return {"iteration": iteration_of(model), "best_miou": logger.best_miou, "work_dir": work_dir, "model": model}
+
+
+def summarize_parameters(model):
+    """Trainable parameter counts of the training model and its inference model."""
+    from ssaseg_keras.models import inference_model
+
+    def count(m):
+        return int(sum(np.prod(v.shape) for v in m.trainable_variables))
+
+    return {"training": count(model), "inference": count(inference_model(model))}
