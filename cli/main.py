@@ -7,6 +7,7 @@ and exits with code 2, never a traceback.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 import click
@@ -19,6 +20,10 @@ COMMANDS = [
     ("info", "info"),
     ("data", "data"),
     ("convert", "convert"),
+    ("train", "train"),
+    ("train", "evaluate"),
+    ("train", "predict"),
+    ("train", "recipes"),
 ]
 
 
@@ -37,6 +42,7 @@ for _module, _attr in COMMANDS:
 
 def main(argv=None):
     """Console-script entry point: runs the app, turning user mistakes into one line and exit code 2."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's start-up chatter
     try:
         cli.main(args=argv, prog_name="ssaseg-keras", standalone_mode=False)
     except click.exceptions.Abort:

@@ -45,6 +45,7 @@ TRAIN_DEFAULTS = {
     "accumulate_steps": 1,
     "clip_grad_norm": None,
     "keep_checkpoints": 3,
+    "resume": False,  # true / "auto": continue from the work dir's latest checkpoint if there is one
 }
 
 EVAL_DEFAULTS = {
@@ -184,6 +185,8 @@ def validate_train(section):
         raise _fail("train.betas", f"must be a list of 2 numbers in [0, 1), got {betas!r}")
     cfg["betas"] = [_number(b, "train.betas", 0.0, 0.999999) for b in betas]
     cfg["precision"] = _choice(cfg["precision"], "train.precision", PRECISIONS)
+    if cfg["resume"] not in (True, False, "auto"):
+        raise _fail("train.resume", f"must be true, false or auto, got {cfg['resume']!r}")
     cfg["clip_grad_norm"] = _number(
         cfg["clip_grad_norm"], "train.clip_grad_norm", low=0.0, low_open=True, allow_none=True
     )

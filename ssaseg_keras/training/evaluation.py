@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 
-import keras
 import numpy as np
 from keras import ops
 
@@ -62,9 +61,10 @@ def predict_probabilities(model, image, label_size, flip=False, scales=(1.0,)):
 
 
 def evaluate_model(model, recipe, flip=False, scales=(1.0,), max_images=None, echo=None):
-    """mIoU, mAcc, aAcc (percent) and per-class IoU/Acc of `model` on the recipe's validation split.
+    """mIoU, mAcc, aAcc and per-class IoU/Acc (percent) of `model` on the recipe's validation split.
 
-    Returns a dict with those keys plus `mode` (e.g. "whole") and `num_images`.
+    Returns a dict with those keys (per-class lists hold None for classes that do not count, as
+    mmseg's NaN), `class_names`, `mode` (e.g. "whole") and `num_images`.
     """
     from ssaseg_keras.data import build_dataset, dataset_info
     from ssaseg_keras.metrics.segmentation import SegmentationMetrics
@@ -87,15 +87,20 @@ def evaluate_model(model, recipe, flip=False, scales=(1.0,), max_images=None, ec
         if max_images and count >= max_images:
             break
     results = metric.results()
-    out = {
-        "mIoU": float(results["mIoU"]),
-        "mAcc": float(results["mAcc"]),
-        "aAcc": float(results["aAcc"]),
-        "per_class": results.get("per_class"),
+
+    def percent(values):
+        return [None if v != v else round(float(v) * 100, 4) for v in values]
+
+    return {
+        "mIoU": float(results["mIoU"]) * 100,
+        "mAcc": float(results["mAcc"]) * 100,
+        "aAcc": float(results["aAcc"]) * 100,
+        "IoU": percent(results["IoU"]),
+        "Acc": percent(results["Acc"]),
+        "class_names": list(info["class_names"]),
         "mode": eval_mode_name(flip, scales),
         "num_images": count,
     }
-    return out
 
 
 def make_evaluator(recipe):
@@ -105,7 +110,3 @@ def make_evaluator(recipe):
         return evaluate_model(model, recipe)
 
     return evaluate
-
-
-def as_float32_numpy(x):
-    return np.asarray(keras.ops.convert_to_numpy(x), dtype="float32")

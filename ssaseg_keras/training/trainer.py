@@ -106,11 +106,11 @@ class IterationLogger(keras.callbacks.Callback):
         cfg = self.train_cfg
         iteration = iteration_of(self.model)
         now = time.perf_counter()
-        chunk_iters = cfg["log_interval"]
+        micro_batches = self.params.get("steps") or cfg["log_interval"] * cfg["accumulate_steps"]
         done = iteration - self.start_iteration
         rate = done / max(now - self.started, 1e-9)
         eta = (cfg["max_iters"] - iteration) / max(rate, 1e-9)
-        images_per_s = chunk_iters * cfg["batch_size"] / max(now - self.chunk_started, 1e-9)
+        images_per_s = micro_batches * cfg["batch_size"] / max(now - self.chunk_started, 1e-9)
         terms = {k: float(v) for k, v in (logs or {}).items() if k != "loss"}
         total = float((logs or {}).get("loss", float("nan")))
         record = {
@@ -210,6 +210,7 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
     from ssaseg_keras.training.evaluation import make_evaluator
 
     cfg = recipe["train"]
+    resume = resume or bool(cfg.get("resume"))
     os.makedirs(work_dir, exist_ok=True)
     configure_backend_for_data()
     set_precision(cfg["precision"])
@@ -250,7 +251,7 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
     )  # fmt: skip
     evaluator = make_evaluator(recipe)
     logger = IterationLogger(recipe, work_dir, evaluate_fn=evaluator, start_iteration=start, best_miou=best, echo=echo)
-    chunk = cfg["log_interval"]
+    chunk = math.gcd(cfg["log_interval"], cfg["eval_interval"], cfg["checkpoint_interval"], cfg["max_iters"])
     if start % chunk:
         raise UserError(
             f"cannot resume at iteration {start}: it is not a multiple of train.log_interval={chunk}"
@@ -262,6 +263,7 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
         initial_epoch=start // chunk,
         steps_per_epoch=chunk * micro_per_update,
         callbacks=[logger],
+        shuffle=False,  # the tf.data pipeline shuffles, seeded
         verbose=0,
     )
     if getattr(logger, "diverged", None):
