@@ -24,6 +24,7 @@ COMMANDS = [
     ("train", "evaluate"),
     ("train", "predict"),
     ("train", "recipes"),
+    ("export", "export"),
 ]
 
 

@@ -1,0 +1,115 @@
+"""The TF Serving graph: a `tf.Module` around a Keras `Segmentor`, saved with `tf.saved_model.save`.
+
+Needs the TensorFlow Keras backend (the child process of `export` sets it when the caller's backend
+is another one). Signature `serving_default`:
+    images  uint8 or float32 (B, H, W, 3), RGB 0-255, any batch and size
+    -> labels int32 (B, H, W) [, probabilities float32 (B, H, W, K)]
+Inside: normalise with the recipe's mean/std; zero-pad bottom/right to a multiple of 32 (SegNeXt)
+or resize to the model's fixed size (SegFormer); run backbone, head and classifier; resize the
+logits (bilinear, half-pixel) and crop them back to (H, W).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import tensorflow as tf
+
+from ssaseg_keras.export.reference import SIZE_DIVISOR, fixed_input_size, fixed_nmf_bases
+
+SIGNATURE_KEY = "serving_default"
+
+
+def _resize(x, size):
+    """Bilinear, half-pixel centres, no antialiasing: torch's align_corners=False when upsampling."""
+    return tf.image.resize(x, size, method="bilinear", antialias=False)
+
+
+@contextlib.contextmanager
+def dynamic_spatial_head(model):
+    """Let a SegNeXt LightHamHead trace with unknown height/width.
+
+    `LightHamHead.call` reads the stage-2 size as Python ints for its exact resize, which a graph
+    with dynamic H, W does not have; while tracing, this gives the head instance a call that takes
+    the size from `tf.shape` (same layers, same order). The export check compares the result with
+    the unpatched Keras model.
+    """
+    from ssaseg_keras.models.heads.ham_head import LightHamHead
+
+    head = model.decode_head
+    if not isinstance(head, LightHamHead):
+        yield
+        return
+    original = head.call
+
+    def call(features, training=False):
+        selected = [features[i] for i in head.in_index]
+        size = tf.shape(selected[0])[1:3]
+        levels = [selected[0]] + [
+            tf.cast(_resize(level, size), level.dtype) for level in selected[1:]
+        ]
+        x = head.squeeze(tf.concat(levels, axis=-1), training=training)
+        x = head.hamburger(x, training=training)
+        return head.align(x, training=training)
+
+    head.call = call
+    try:
+        yield
+    finally:
+        head.call = original
+
+
+class _Untracked:
+    """A plain holder: `tf.Module` does not track (or save) what it holds."""
+
+    def __init__(self, model):
+        self.model = model
+
+
+class SegmentationServer(tf.Module):
+    """Holds the model's variables and the `serve` function of the `serving_default` signature."""
+
+    def __init__(self, model, mean, std, input_dtype="uint8", with_probabilities=False):
+        super().__init__(name="ssaseg_server")
+        self._holder = _Untracked(model)  # only the variables are saved, not Keras' own signature
+        self.model_variables = list(model.variables)
+        self.mean = tf.constant(mean, tf.float32)
+        self.std = tf.constant(std, tf.float32)
+        self.fixed_size = fixed_input_size(model)
+        self.with_probabilities = bool(with_probabilities)
+        spec = tf.TensorSpec([None, None, None, 3], tf.as_dtype(input_dtype), name="images")
+        self.serve = tf.function(self._serve, input_signature=[spec])
+
+    def _serve(self, images):
+        x = (tf.cast(images, tf.float32) - self.mean) / self.std
+        height, width = tf.shape(x)[1], tf.shape(x)[2]
+        if self.fixed_size is not None:
+            x = _resize(x, self.fixed_size)
+            run_size = tf.constant(self.fixed_size, tf.int32)
+        else:
+            pad_h = (SIZE_DIVISOR - height % SIZE_DIVISOR) % SIZE_DIVISOR
+            pad_w = (SIZE_DIVISOR - width % SIZE_DIVISOR) % SIZE_DIVISOR
+            x = tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
+            run_size = tf.stack([height + pad_h, width + pad_w])
+        model = self._holder.model
+        features = model.features(x, training=False)
+        logits = _resize(tf.cast(model.classifier(features, training=False), tf.float32), run_size)
+        if self.fixed_size is not None:
+            logits = _resize(logits, tf.stack([height, width]))
+        else:
+            logits = logits[:, :height, :width, :]
+        outputs = {"labels": tf.argmax(logits, axis=-1, output_type=tf.int32)}
+        if self.with_probabilities:
+            outputs["probabilities"] = tf.nn.softmax(logits, axis=-1)
+        return outputs
+
+
+def save_serving_model(
+    model, path, mean, std, nmf_seed, input_dtype="uint8", with_probabilities=False
+):
+    """Trace the serving signature (fixed NMF bases, dynamic shapes) and write a SavedModel to `path`."""
+    server = SegmentationServer(model, mean, std, input_dtype, with_probabilities)
+    with fixed_nmf_bases(model, nmf_seed), dynamic_spatial_head(model):
+        concrete = server.serve.get_concrete_function()
+        tf.saved_model.save(server, path, signatures={SIGNATURE_KEY: concrete})
+    return path

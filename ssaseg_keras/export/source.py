@@ -1,0 +1,101 @@
+"""What `export` reads: a training checkpoint (or work dir) or a `.keras` model file -> inference model."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from ssaseg_keras.utils.errors import CheckpointError, UserError
+
+
+@dataclasses.dataclass
+class ExportSource:
+    """A resolved export input. `kind` is "checkpoint" or "keras"; `path` the folder or file read."""
+
+    kind: str
+    path: str
+    mean: tuple
+    std: tuple
+    nmf_seed: int
+    trained_backend: str | None = None
+    iteration: int | None = None
+
+
+def _data_section(recipe_path):
+    from ssaseg_keras.recipes import load_recipe
+
+    if recipe_path is None:
+        from ssaseg_keras.data.config import MEAN, STD
+
+        return {"mean": MEAN, "std": STD}
+    return load_recipe(recipe_path)["data"]
+
+
+def _nmf_seed(model_config):
+    seed = (model_config or {}).get("seed")
+    return int(seed) if seed is not None else 0
+
+
+def resolve_source(path, recipe_path=None):
+    """Check `path` and describe it (no model is built). Raises CheckpointError/UserError."""
+    from ssaseg_keras.training.checkpoint import read_recipe, read_state, resolve_checkpoint
+
+    path = os.fspath(path)
+    if path.endswith(".keras"):
+        if not os.path.isfile(path):
+            raise CheckpointError(f"model file {path!r} does not exist")
+        data = _data_section(recipe_path)
+        seed = 0
+        if recipe_path is not None:
+            from ssaseg_keras.recipes import load_recipe
+
+            seed = _nmf_seed(load_recipe(recipe_path)["model"])
+        return ExportSource("keras", path, tuple(data["mean"]), tuple(data["std"]), seed)
+    if os.path.isfile(path):
+        raise CheckpointError(
+            f"{path!r} is a file but not a .keras model; give a checkpoint folder (iter_*/), "
+            "a training work dir or a .keras file"
+        )
+    if recipe_path is not None:
+        raise UserError(
+            "--recipe is only for .keras files; a checkpoint carries its own recipe.yaml"
+        )
+    checkpoint = resolve_checkpoint(path)
+    recipe = read_recipe(checkpoint)
+    state = read_state(checkpoint)
+    return ExportSource(
+        "checkpoint",
+        checkpoint,
+        tuple(recipe["data"]["mean"]),
+        tuple(recipe["data"]["std"]),
+        _nmf_seed(recipe["model"]),
+        trained_backend=state.get("backend"),
+        iteration=state.get("iteration"),
+    )
+
+
+def load_inference_model(source):
+    """The teacher-free `Segmentor` of an `ExportSource`, on the current Keras backend."""
+    from ssaseg_keras.models import inference_model
+
+    if source.kind == "keras":
+        import keras
+
+        import ssaseg_keras.models  # noqa: F401  (registers the serializable classes)
+
+        try:
+            model = keras.saving.load_model(source.path, compile=False)
+        except Exception as error:  # a corrupt or foreign file
+            raise CheckpointError(
+                f"{source.path} could not be loaded as a Keras model ({error})"
+            ) from error
+        if not hasattr(model, "classifier") or not hasattr(model, "decode_head"):
+            raise CheckpointError(f"{source.path} is not an ssaseg-keras Segmentor model")
+        return inference_model(model)
+    from ssaseg_keras.models import build_segmentor
+    from ssaseg_keras.training.checkpoint import read_recipe, restore_model
+
+    recipe = read_recipe(source.path)
+    model = build_segmentor(recipe["model"], load_pretrained=False, training=True)
+    restore_model(source.path, model)
+    return inference_model(model)
