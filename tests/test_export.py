@@ -1,0 +1,193 @@
+"""`ssaseg-keras export`: a checkpoint written on the current backend -> SavedModel -> check, request, errors.
+
+One export per backend (module fixture) keeps the suite fast; TensorFlow loads the SavedModel here too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from conftest import BACKEND
+from models_helpers import tiny_config
+
+from ssaseg_keras.utils.errors import UserError
+
+NUM_CLASSES = 7
+
+
+def run_main(*args):
+    """(exit code, stdout, stderr) of the CLI run in this process."""
+    from ssaseg_keras_cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            main(list(args))
+        except SystemExit as done:
+            code = done.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def make_checkpoint(work_dir):
+    from ssaseg_keras.models import build_segmentor
+    from ssaseg_keras.recipes import validate_recipe
+    from ssaseg_keras.training.checkpoint import save_checkpoint
+
+    recipe = validate_recipe(
+        {
+            "model": tiny_config(num_classes=NUM_CLASSES),
+            "data": {"source": "synthetic", "num_classes": NUM_CLASSES},
+        }
+    )
+    model = build_segmentor(recipe["model"], load_pretrained=False, training=True)
+    return save_checkpoint(work_dir, model, None, 2, recipe)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    work_dir = str(root / "work")
+    checkpoint = make_checkpoint(work_dir)
+    output = str(root / "models")
+    code, out, err = run_main("export", work_dir, "--output", output, "--with-probabilities")
+    assert code == 0, err
+    return {"work_dir": work_dir, "checkpoint": checkpoint, "output": output, "stdout": out}
+
+
+def test_export_writes_checked_saved_model(exported):
+    out = exported["stdout"]
+    assert f"trained on {BACKEND}" in out and "with the TensorFlow backend" in out
+    assert ("in this process" in out) == (BACKEND == "tensorflow")
+    assert (
+        "inputs['images'] tensor_info:\n      dtype: DT_UINT8\n      shape: (-1, -1, -1, 3)" in out
+    )
+    assert "outputs['labels'] tensor_info:\n      dtype: DT_INT32\n      shape: (-1, -1, -1)" in out
+    assert (
+        f"outputs['probabilities'] tensor_info:\n      dtype: DT_FLOAT\n      shape: (-1, -1, -1, {NUM_CLASSES})"
+        in out
+    )
+    assert "Method name is: tensorflow/serving/predict" in out
+    agreements = [
+        float(line.split("agreement with Keras ")[1].split("%")[0])
+        for line in out.splitlines()
+        if "agreement" in line
+    ]
+    assert len(agreements) == 2 and min(agreements) >= 99.9
+    output = exported["output"]
+    assert sorted(os.listdir(output)) == ["1"]  # no temporary leftovers
+    version = os.path.join(output, "1")
+    assert os.path.isfile(os.path.join(version, "saved_model.pb"))
+    assert os.path.isdir(os.path.join(version, "variables"))
+    metadata = json.load(open(os.path.join(version, "assets.extra", "ssaseg_export.json")))
+    assert metadata["trained_backend"] == BACKEND and metadata["reference_backend"] == BACKEND
+    assert metadata["num_classes"] == NUM_CLASSES and metadata["input_dtype"] == "uint8"
+    assert metadata["preprocessing"] == "zero-pad to a multiple of 32"
+
+
+def test_saved_model_matches_keras_at_a_new_size(exported):
+    """Batch 3 at 33x47 (not a multiple of 32): labels/probabilities vs the Keras model on this backend."""
+    import tensorflow as tf
+
+    from ssaseg_keras.export.reference import (
+        fixed_nmf_bases,
+        reference_logits,
+        sample_images,
+        softmax,
+    )
+    from ssaseg_keras.export.source import load_inference_model, resolve_source
+
+    images = sample_images(((3, 33, 47),), seed=5)[0]
+    serve = tf.saved_model.load(os.path.join(exported["output"], "1")).signatures["serving_default"]
+    out = serve(images=tf.constant(images))
+    labels, probabilities = out["labels"].numpy(), out["probabilities"].numpy()
+    assert labels.dtype == np.int32 and labels.shape == (3, 33, 47)
+    assert probabilities.dtype == np.float32 and probabilities.shape == (3, 33, 47, NUM_CLASSES)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    assert (probabilities.argmax(-1) == labels).all()
+    assert len(np.unique(labels)) >= 2  # not a constant map
+
+    source = resolve_source(exported["work_dir"])
+    model = load_inference_model(source)
+    with fixed_nmf_bases(model, source.nmf_seed):
+        logits = reference_logits(model, images, source.mean, source.std)
+    assert (logits.argmax(-1) == labels).mean() >= 0.999
+    np.testing.assert_allclose(probabilities, softmax(logits.astype("float64")), atol=1e-4)
+    # The same request twice gives the same answer (no random state in the served graph).
+    again = serve(images=tf.constant(images))["probabilities"].numpy()
+    np.testing.assert_array_equal(again, probabilities)
+
+
+def test_check_runs_without_ssaseg_keras_and_catches_a_mismatch(exported, tmp_path):
+    from ssaseg_keras.export import run_check
+
+    lines = []
+    result = run_check(exported["output"], echo=lines.append)
+    assert result["passed"] and result["imports_ssaseg_keras"] is False
+    assert [s["shape"] for s in result["samples"]] == [[2, 64, 96, 3], [1, 50, 75, 3]]
+    assert all(
+        s["agreement"] >= 0.999 and s["max_probability_diff"] <= 1e-4 for s in result["samples"]
+    )
+    assert any("saved_model_cli" not in line and "inputs['images']" in line for line in lines)
+
+    broken = tmp_path / "broken"
+    shutil.copytree(os.path.join(exported["output"], "1"), broken / "1")
+    check_file = broken / "1" / "assets.extra" / "ssaseg_check.npz"
+    arrays = dict(np.load(check_file))
+    arrays["labels_1"] = (arrays["labels_1"] + 1) % NUM_CLASSES
+    np.savez(check_file, **arrays)
+    with pytest.raises(UserError, match="differ from the Keras model"):
+        run_check(str(broken), echo=lines.append)
+    assert any("MISMATCH" in line and "agreement with Keras 0.000%" in line for line in lines)
+
+
+def test_check_command_and_bad_inputs(exported, tmp_path):
+    code, out, err = run_main("export", "--check", exported["output"])
+    assert code == 0 and "check passed" in out and "serving_default_images:0" in out
+
+    not_image = tmp_path / "notes.txt"
+    not_image.write_text("not an image")
+    code, out, err = run_main("export", "--check", exported["output"], "--image", str(not_image))
+    assert code == 2 and "is not a readable image" in err and "Traceback" not in err
+    code, out, err = run_main("export", "--check", str(not_image))
+    assert code == 2 and "is a file" in err
+    code, out, err = run_main("export", "--check", str(tmp_path))
+    assert code == 2 and "holds no SavedModel" in err
+
+
+def test_export_refuses_existing_version_and_missing_checkpoint(exported, tmp_path):
+    code, out, err = run_main("export", exported["work_dir"], "--output", exported["output"])
+    assert code == 2 and "already exists" in err and "--force" in err and "--version 2" in err
+    assert sorted(os.listdir(exported["output"])) == ["1"]
+    code, out, err = run_main("export", str(tmp_path / "nowhere"), "--output", str(tmp_path / "m"))
+    assert code == 2 and "does not exist" in err and not os.path.exists(tmp_path / "m")
+    code, out, err = run_main("export", "--output", str(tmp_path / "m"))
+    assert code == 2 and "exactly one of CHECKPOINT" in err
+
+
+def test_request_body(tmp_path):
+    from PIL import Image
+
+    image = np.arange(5 * 7 * 3, dtype="uint8").reshape(5, 7, 3)
+    Image.fromarray(image).save(tmp_path / "image.png")
+    code, out, err = run_main("export", "--request", str(tmp_path / "image.png"))
+    assert code == 0, err
+    body = json.loads(out)
+    assert list(body) == ["instances"]
+    np.testing.assert_array_equal(np.array(body["instances"], dtype="uint8"), image[None])
+    code, out, err = run_main(
+        "export", "--request", str(tmp_path / "image.png"), "--request-format", "inputs"
+    )
+    np.testing.assert_array_equal(np.array(json.loads(out)["inputs"]["images"]), image[None])
+
+    (tmp_path / "notes.txt").write_text("not an image")
+    code, out, err = run_main("export", "--request", str(tmp_path / "notes.txt"))
+    assert code == 2 and "not an image file" in err and out == ""
+    code, out, err = run_main("export", "--request", str(tmp_path / "missing.png"))
+    assert code == 2 and "does not exist" in err
