@@ -97,6 +97,7 @@ def test_saved_model_matches_keras_at_a_new_size(exported):
 
     from ssaseg_keras.export.reference import (
         fixed_nmf_bases,
+        nmf_seed,
         reference_logits,
         sample_images,
         softmax,
@@ -115,7 +116,7 @@ def test_saved_model_matches_keras_at_a_new_size(exported):
 
     source = resolve_source(exported["work_dir"])
     model = load_inference_model(source)
-    with fixed_nmf_bases(model, source.nmf_seed):
+    with fixed_nmf_bases(model, nmf_seed(model)):
         logits = reference_logits(model, images, source.mean, source.std)
     assert (logits.argmax(-1) == labels).mean() >= 0.999
     np.testing.assert_allclose(probabilities, softmax(logits.astype("float64")), atol=1e-4)
@@ -191,3 +192,35 @@ def test_request_body(tmp_path):
     assert code == 2 and "not an image file" in err and out == ""
     code, out, err = run_main("export", "--request", str(tmp_path / "missing.png"))
     assert code == 2 and "does not exist" in err
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="one backend is enough for the .keras input (slow)"
+)
+def test_export_keras_file_float32_input_and_force(exported, tmp_path):
+    import tensorflow as tf
+
+    from ssaseg_keras.export.source import load_inference_model, resolve_source
+
+    path = str(tmp_path / "tiny.keras")
+    load_inference_model(resolve_source(exported["work_dir"])).save(path)
+    output = str(tmp_path / "models")
+    os.makedirs(os.path.join(output, "4"))  # an existing (empty) version: replaced with --force
+    args = ("export", path, "--output", output, "--version", "4", "--input-dtype", "float32")
+    code, out, err = run_main(*args)
+    assert code == 2 and "already exists" in err
+    code, out, err = run_main(*args, "--force")
+    assert code == 0, err
+    assert "(keras)" in out and "dtype: DT_FLOAT" in out and "probabilities" not in out
+    assert sorted(os.listdir(output)) == ["4"]
+    serve = tf.saved_model.load(os.path.join(output, "4")).signatures["serving_default"]
+    images = np.full((1, 40, 40, 3), 128.0, dtype="float32")
+    assert sorted(serve(images=tf.constant(images))) == ["labels"]
+    # Same weights and fixed NMF bases as the checkpoint's export: identical labels.
+    reference = tf.saved_model.load(os.path.join(exported["output"], "1")).signatures[
+        "serving_default"
+    ]
+    np.testing.assert_array_equal(
+        serve(images=tf.constant(images))["labels"].numpy(),
+        reference(images=tf.constant(images.astype("uint8")))["labels"].numpy(),
+    )

@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 from ssaseg_keras.export.check_saved_model import CHECK_FILE
-from ssaseg_keras.export.reference import fixed_input_size, reference_arrays
+from ssaseg_keras.export.reference import fixed_input_size, nmf_seed, reference_arrays
 from ssaseg_keras.export.source import load_inference_model, resolve_source
 from ssaseg_keras.utils.errors import UserError
 
@@ -44,9 +44,7 @@ def write_saved_model(source, path, input_dtype="uint8", with_probabilities=Fals
     from ssaseg_keras.export.serving import save_serving_model
 
     model = load_inference_model(source)
-    save_serving_model(
-        model, path, source.mean, source.std, source.nmf_seed, input_dtype, with_probabilities
-    )
+    save_serving_model(model, path, source.mean, source.std, input_dtype, with_probabilities)
     return model
 
 
@@ -173,7 +171,7 @@ def export_saved_model(
             _write_in_child(source, saved, input_dtype, with_probabilities)
             model = load_inference_model(source)
         os.makedirs(os.path.join(saved, "assets.extra"), exist_ok=True)
-        arrays = reference_arrays(model, source.mean, source.std, source.nmf_seed)
+        arrays = reference_arrays(model, source.mean, source.std)
         with open(os.path.join(saved, CHECK_FILE), "wb") as handle:
             np.savez_compressed(handle, **arrays)
         metadata = {
@@ -191,13 +189,14 @@ def export_saved_model(
             "preprocessing": "resize to {}x{}".format(*fixed_input_size(model))
             if fixed_input_size(model)
             else "zero-pad to a multiple of 32",
-            "nmf_seed": source.nmf_seed,
+            "nmf_seed": nmf_seed(model),
             "keras": keras.__version__,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
         with open(os.path.join(saved, METADATA_FILE), "w", encoding="utf-8") as handle:
             json.dump(metadata, handle, indent=2)
-        result = run_check(saved, echo=echo)
+        # Checked before it is published; the report names the final path.
+        result = run_check(saved, echo=lambda line: echo(line.replace(saved, target)))
         _publish(saved, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

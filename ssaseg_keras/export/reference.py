@@ -27,6 +27,12 @@ def nmf_layers(model):
     ]
 
 
+def nmf_seed(model):
+    """The seed of the exported NMF bases: the model's NMF seed (recipe `model.seed`), else 0."""
+    seeds = [layer.seed for layer in nmf_layers(model) if layer.seed is not None]
+    return int(seeds[0]) if seeds else 0
+
+
 def fixed_bases(channels, rank, seed):
     """(C, R) float32 bases, uniform [0, 1) from NumPy's PCG64(seed), L2-normalised over C."""
     bases = np.random.default_rng(seed).uniform(size=(channels, rank))
@@ -117,10 +123,10 @@ def softmax(logits):
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def reference_arrays(model, mean, std, nmf_seed, shapes=SAMPLE_SHAPES):
+def reference_arrays(model, mean, std, shapes=SAMPLE_SHAPES):
     """{"images_i", "labels_i", "probabilities_i"} for the sample images, with fixed NMF bases."""
     arrays = {}
-    with fixed_nmf_bases(model, nmf_seed):
+    with fixed_nmf_bases(model, nmf_seed(model)):
         for i, images in enumerate(sample_images(shapes)):
             logits = reference_logits(model, images, mean, std)
             arrays[f"images_{i}"] = images

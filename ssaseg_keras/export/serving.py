@@ -15,7 +15,7 @@ import contextlib
 
 import tensorflow as tf
 
-from ssaseg_keras.export.reference import SIZE_DIVISOR, fixed_input_size, fixed_nmf_bases
+from ssaseg_keras.export.reference import SIZE_DIVISOR, fixed_input_size, fixed_nmf_bases, nmf_seed
 
 SIGNATURE_KEY = "serving_default"
 
@@ -104,12 +104,10 @@ class SegmentationServer(tf.Module):
         return outputs
 
 
-def save_serving_model(
-    model, path, mean, std, nmf_seed, input_dtype="uint8", with_probabilities=False
-):
+def save_serving_model(model, path, mean, std, input_dtype="uint8", with_probabilities=False):
     """Trace the serving signature (fixed NMF bases, dynamic shapes) and write a SavedModel to `path`."""
     server = SegmentationServer(model, mean, std, input_dtype, with_probabilities)
-    with fixed_nmf_bases(model, nmf_seed), dynamic_spatial_head(model):
+    with fixed_nmf_bases(model, nmf_seed(model)), dynamic_spatial_head(model):
         concrete = server.serve.get_concrete_function()
         tf.saved_model.save(server, path, signatures={SIGNATURE_KEY: concrete})
     return path

@@ -16,7 +16,6 @@ class ExportSource:
     path: str
     mean: tuple
     std: tuple
-    nmf_seed: int
     trained_backend: str | None = None
     iteration: int | None = None
 
@@ -31,11 +30,6 @@ def _data_section(recipe_path):
     return load_recipe(recipe_path)["data"]
 
 
-def _nmf_seed(model_config):
-    seed = (model_config or {}).get("seed")
-    return int(seed) if seed is not None else 0
-
-
 def resolve_source(path, recipe_path=None):
     """Check `path` and describe it (no model is built). Raises CheckpointError/UserError."""
     from ssaseg_keras.training.checkpoint import read_recipe, read_state, resolve_checkpoint
@@ -45,12 +39,7 @@ def resolve_source(path, recipe_path=None):
         if not os.path.isfile(path):
             raise CheckpointError(f"model file {path!r} does not exist")
         data = _data_section(recipe_path)
-        seed = 0
-        if recipe_path is not None:
-            from ssaseg_keras.recipes import load_recipe
-
-            seed = _nmf_seed(load_recipe(recipe_path)["model"])
-        return ExportSource("keras", path, tuple(data["mean"]), tuple(data["std"]), seed)
+        return ExportSource("keras", path, tuple(data["mean"]), tuple(data["std"]))
     if os.path.isfile(path):
         raise CheckpointError(
             f"{path!r} is a file but not a .keras model; give a checkpoint folder (iter_*/), "
@@ -68,7 +57,6 @@ def resolve_source(path, recipe_path=None):
         checkpoint,
         tuple(recipe["data"]["mean"]),
         tuple(recipe["data"]["std"]),
-        _nmf_seed(recipe["model"]),
         trained_backend=state.get("backend"),
         iteration=state.get("iteration"),
     )
@@ -81,7 +69,11 @@ def load_inference_model(source):
     if source.kind == "keras":
         import keras
 
-        import ssaseg_keras.models  # noqa: F401  (registers the serializable classes)
+        # Register every serializable class a Segmentor file may name.
+        import ssaseg_keras.models.backbones.mit  # noqa: F401
+        import ssaseg_keras.models.backbones.mscan  # noqa: F401
+        import ssaseg_keras.models.heads.ham_head  # noqa: F401
+        import ssaseg_keras.models.heads.segformer_head  # noqa: F401
 
         try:
             model = keras.saving.load_model(source.path, compile=False)
