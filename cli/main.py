@@ -25,6 +25,7 @@ COMMANDS = [
     ("train", "predict"),
     ("train", "recipes"),
     ("export", "export"),
+    ("benchmark", "benchmark"),
 ]
 
 

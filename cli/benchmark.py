@@ -1,0 +1,108 @@
+"""`ssaseg-keras benchmark`: parameters, GFLOPs, step time, latency, throughput and memory of a
+recipe's model next to its `ssa: false` baseline (random weights and data: no download, no dataset)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import click
+
+from ssaseg_keras.utils.errors import UserError
+
+
+def parse_size(text):
+    """ "512" -> (512, 512); "512x1024" or "512,1024" -> (512, 1024) (height, width)."""
+    if text is None:
+        return None
+    parts = [p for p in re.split(r"[x,\s]+", text.strip().lower()) if p]
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2:
+        raise UserError(f"--size must be N or HxW (e.g. 512 or 512x1024), got {text!r}")
+    return tuple(values)
+
+
+@click.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option(
+    "--batch",
+    type=int,
+    default=None,
+    help="Training and throughput batch (default: the recipe's train.batch_size).",
+)
+@click.option(
+    "--size",
+    default=None,
+    help="Image size N or HxW, multiples of 32 (default: the recipe's data.crop_size).",
+)
+@click.option(
+    "--iters",
+    type=int,
+    default=20,
+    show_default=True,
+    help="Timed calls per measurement (the median is reported).",
+)
+@click.option(
+    "--warmup",
+    type=int,
+    default=10,
+    show_default=True,
+    help="Untimed calls before timing (the first compiles).",
+)
+@click.option(
+    "--precision",
+    default=None,
+    help="float32 | mixed_float16 | mixed_bfloat16 (default: the recipe's train.precision).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Also write every figure to this JSON file.",
+)
+@click.option("--no-baseline", is_flag=True, help="Skip the `ssa: false` baseline.")
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a recipe key, e.g. --set model.num_classes=150 (repeatable).",
+)
+def benchmark(recipe, batch, size, iters, warmup, precision, json_path, no_baseline, overrides):
+    """Benchmark RECIPE's model and its baseline on the active backend (KERAS_BACKEND).
+
+    Reports trainable parameters (training and inference models), GFLOPs (multiply-adds), the median
+    training step and images/s, inference latency at batch 1 (to the argmax map) and images/s at the
+    batch, and peak device memory where the backend exposes it, with the model/baseline ratio.
+    Example: ssaseg-keras benchmark recipes/segnext_t_coco.yaml --batch 16 --size 512 --json bench.json
+    """
+    from ssaseg_keras.benchmark import benchmark as run_benchmark
+    from ssaseg_keras.benchmark import format_report
+    from ssaseg_keras.recipes import load_recipe
+
+    size = parse_size(size)
+    config = load_recipe(recipe, overrides)
+    report = run_benchmark(
+        config,
+        batch=batch,
+        size=size,
+        iters=iters,
+        warmup=warmup,
+        precision=precision,
+        baseline=not no_baseline,
+        echo=lambda message: click.echo(message, err=True),
+    )
+    click.echo(format_report(report))
+    if json_path:
+        folder = os.path.dirname(os.path.abspath(json_path))
+        os.makedirs(folder, exist_ok=True)
+        with open(json_path, "w", encoding="utf-8") as handle:
+            json.dump(report, handle, indent=2)
+        click.echo(f"wrote {json_path}")
