@@ -179,29 +179,39 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
         raise ValueError("skip_batches applies to training pipelines (augment=True)")
     skip_samples = first_index = int(skip_batches) * int(batch_size)
     head, load, count = _source(config, split)
+    # A repeated (training) stream is shuffled AFTER repeat, with a fixed order: the sample at each
+    # position is then a pure function of the seed, however many iterators Keras creates over the
+    # dataset (reshuffle_each_iteration would give each new iterator another order), and skipping
+    # N samples to resume lands exactly where the interrupted run was.
     if head is None:  # tfds: already decoded
         ds = load.map(decoded, num_parallel_calls=parallel)
         decoded_shuffle = True
     else:  # shuffle the cheap indices/paths unless decoded samples are cached
         decoded_shuffle = config["cache"]
-        if shuffle and not decoded_shuffle:
-            buffer = config["shuffle_buffer"] or max(count, 1)
-            head = head.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
-        if repeat and not decoded_shuffle:  # repeat and skip the cheap paths, before decoding
-            head = head.repeat().skip(skip_samples)
-            repeat, skip_samples = False, 0
+        if not decoded_shuffle:
+            if repeat:
+                head = head.repeat()
+            if shuffle:
+                buffer = config["shuffle_buffer"] or max(count, 1)
+                head = head.shuffle(buffer, seed=seed, reshuffle_each_iteration=not repeat)
+            if repeat:  # skip the cheap paths, before decoding
+                head = head.skip(skip_samples)
+                repeat, skip_samples = False, 0
         ds = head.map(lambda *a: decoded(*load(*a)), num_parallel_calls=parallel)
         if config.get("skip_corrupt"):  # files that fail to decode (verify only reads headers)
             ds = ds.ignore_errors(log_warning=True)
     if config["cache"]:
         ds = ds.cache()
-    if shuffle and decoded_shuffle:
-        ds = ds.shuffle(
-            config["shuffle_buffer"] or DECODED_SHUFFLE_BUFFER,
-            seed=seed,
-            reshuffle_each_iteration=True,
-        )
-    if repeat:
+    if decoded_shuffle:
+        if repeat:
+            ds = ds.repeat()
+        if shuffle:
+            ds = ds.shuffle(
+                config["shuffle_buffer"] or DECODED_SHUFFLE_BUFFER,
+                seed=seed,
+                reshuffle_each_iteration=not repeat,
+            )
+    elif repeat:
         ds = ds.repeat()
     if skip_samples:
         ds = ds.skip(skip_samples)

@@ -3,7 +3,11 @@
 `build_segmentor(model_config)` builds a model from a recipe's `model:` section.
 """
 
+# Importing the parts registers them as Keras-serializable, so `.keras` files load in a fresh process.
+from ssaseg_keras.models.backbones.mscan import MSCANBackbone
 from ssaseg_keras.models.builder import build_segmentor, model_summary_counts
+from ssaseg_keras.models.heads.ham_head import LightHamHead
+from ssaseg_keras.models.heads.segformer_head import SegFormerHead
 from ssaseg_keras.models.presets import FAMILIES, PRESETS
 from ssaseg_keras.models.segmentor import (
     PixelClassifier,
@@ -14,8 +18,11 @@ from ssaseg_keras.models.segmentor import (
 
 __all__ = [
     "FAMILIES",
+    "LightHamHead",
+    "MSCANBackbone",
     "PRESETS",
     "PixelClassifier",
+    "SegFormerHead",
     "Segmentor",
     "build_segmentor",
     "has_teacher",

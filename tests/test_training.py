@@ -1,0 +1,260 @@
+"""Training: schedule, parameter groups, the optimizer step, loss decrease, checkpoints, resume,
+SIGKILL recovery, cross-backend checkpoints, mixed precision and the CLI's user errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+import yaml
+from conftest import BACKEND
+from models_helpers import TINY_BACKBONE, TINY_HEAD
+
+from ssaseg_keras.recipes import validate_recipe
+from ssaseg_keras.training import checkpoint as ckpt
+from ssaseg_keras.training.optimizer import GroupedAdamW, WarmupPolyDecay, parameter_groups
+from ssaseg_keras.training.trainer import build_training_model, train
+
+
+def tiny_recipe(**train_overrides):
+    """A tiny SegNeXt + SSA on 32x32 synthetic images with 5 classes: seconds per step on a CPU."""
+    recipe = {
+        "name": "tiny",
+        "model": {
+            "family": "segnext", "size": "t", "ssa": True, "seed": 3,
+            "backbone": dict(TINY_BACKBONE), "head": dict(TINY_HEAD),
+        },
+        "data": {
+            "source": "synthetic", "num_classes": 5, "image_size": [32, 32], "crop_size": [32, 32],
+            "num_images": 8, "num_val_images": 2,
+        },
+        "train": {
+            "max_iters": 4, "batch_size": 2, "lr": 1e-3, "warmup_iters": 1, "log_interval": 2,
+            "eval_interval": 4, "checkpoint_interval": 2, "keep_checkpoints": 5, **train_overrides,
+        },
+    }  # fmt: skip
+    return validate_recipe(recipe)
+
+
+def run_cli(*args, cwd=None, backend=BACKEND, timeout=600):
+    env = {**os.environ, "KERAS_BACKEND": backend}
+    code = "import sys; from ssaseg_keras_cli.main import main; sys.argv[0] = 'ssaseg-keras'; main()"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd, env=env)
+
+
+def quiet(_message):
+    pass
+
+
+# ------------------------------------------------------------------ schedule and optimizer
+def test_schedule_is_mmcv_linear_warmup_times_poly():
+    schedule = WarmupPolyDecay(6e-5, max_iters=80000, warmup_iters=1500, warmup_ratio=1e-6, power=1.0)
+
+    def lr(i):
+        return float(keras.ops.convert_to_numpy(schedule(i)))
+
+    assert lr(0) == pytest.approx(6e-5 * 1e-6, rel=1e-4)
+    assert lr(750) == pytest.approx(6e-5 * (1 - 750 / 80000) * (1 - 0.5 * (1 - 1e-6)), rel=1e-5)
+    assert lr(1500) == pytest.approx(6e-5 * (1 - 1500 / 80000), rel=1e-5)
+    assert lr(40000) == pytest.approx(3e-5, rel=1e-5)
+    assert lr(80000) == 0.0
+    accumulated = WarmupPolyDecay(1.0, max_iters=10, accumulate_steps=4)
+    assert float(keras.ops.convert_to_numpy(accumulated(9))) == pytest.approx(0.8)  # update 2 of 10
+
+
+def test_parameter_groups_follow_the_reference_names():
+    model = build_training_model(tiny_recipe(), load_pretrained=False)
+    from ssaseg_keras.convert import reference_mapping
+
+    by_name = {name: variable for name, variable, _ in reference_mapping(model)}
+    groups = parameter_groups(model, head_lr_mult=10.0)
+
+    def group(name):
+        return groups[by_name[name].path]
+
+    assert group("backbone.block1.0.norm1.weight") == (1.0, 0.0)  # BN in a block: "norm"
+    assert group("backbone.norm1.weight") == (1.0, 0.0)  # stage LayerNorm
+    assert group("backbone.patch_embed1.proj.1.weight") == (1.0, 1.0)  # stem BN: no "norm" in its name
+    assert group("backbone.block1.0.layer_scale_1") == (1.0, 1.0)
+    assert group("decode_head.squeeze.gn.weight") == (10.0, 1.0)  # "head" wins; GN is named gn
+    assert group("decode_head.center_pos.weight") == (10.0, 1.0)
+    assert group("decode_head.conv_seg.weight") == (10.0, 1.0)
+    assert len(groups) == len(model.trainable_variables)
+
+
+def test_grouped_adamw_matches_torch_adamw_with_param_groups():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    init = [rng.normal(size=(3, 4)).astype("float32") for _ in range(3)]
+    grads = [[rng.normal(size=(3, 4)).astype("float32") for _ in range(3)] for _ in range(3)]
+    mults = [(1.0, 1.0), (10.0, 1.0), (1.0, 0.0)]
+
+    variables = [keras.Variable(v, name=f"w{i}") for i, v in enumerate(init)]
+    optimizer = GroupedAdamW(
+        groups={v.path: m for v, m in zip(variables, mults)},
+        learning_rate=1e-2, weight_decay=0.1, beta_1=0.9, beta_2=0.999, epsilon=1e-8,
+    )  # fmt: skip
+    for step in grads:
+        optimizer.apply([keras.ops.convert_to_tensor(g) for g in step], variables)
+
+    params = [torch.nn.Parameter(torch.tensor(v)) for v in init]
+    reference = torch.optim.AdamW(
+        [{"params": [p], "lr": 1e-2 * m[0], "weight_decay": 0.1 * m[1]} for p, m in zip(params, mults)],
+        betas=(0.9, 0.999), eps=1e-8,
+    )  # fmt: skip
+    for step in grads:
+        for p, g in zip(params, step):
+            p.grad = torch.tensor(g)
+        reference.step()
+    # Keras adds epsilon to sqrt(v) before bias correction, torch after: a difference of order eps.
+    for ours, theirs in zip(variables, params):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), theirs.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+# ------------------------------------------------------------------ training
+def test_loss_falls_on_a_fixed_batch():
+    model = build_training_model(tiny_recipe(lr=2e-3, warmup_iters=0, max_iters=100), load_pretrained=False)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(2, 32, 32, 3)).astype("float32")
+    labels = np.zeros((2, 32, 32), "int32")
+    labels[:, :, 16:] = 1
+    labels[:, 8:14, 4:10] = 3
+    labels[1, :4] = 255
+    images[..., 0] += 2.0 * (labels == 1)
+    losses = [float(model.train_on_batch(images, labels, return_dict=True)["loss"]) for _ in range(8)]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_training_stays_finite(precision):
+    from ssaseg_keras.training.trainer import set_precision
+
+    try:
+        set_precision(precision)
+        model = build_training_model(tiny_recipe(warmup_iters=0), load_pretrained=False)
+        images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+        labels = np.random.default_rng(1).integers(0, 5, size=(2, 32, 32)).astype("int32")
+        logs = [model.train_on_batch(images, labels, return_dict=True) for _ in range(2)]
+    finally:
+        set_precision("float32")
+    assert all(np.isfinite(float(v)) for log in logs for v in log.values()), logs
+    assert set(logs[-1]) >= {"loss", "main_ce", "spatial_distill"}
+
+
+def test_train_writes_checkpoints_logs_and_evaluates(tmp_path):
+    summary = train(tiny_recipe(), str(tmp_path), echo=quiet, load_pretrained=False)
+    assert summary["iteration"] == 4
+    assert [it for it, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [2, 4]
+    assert (tmp_path / "checkpoints" / "best" / "state.json").is_file()
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "loss" in r]
+    assert [r["iteration"] for r in train_records] == [2, 4]
+    assert all(np.isfinite(r[term]) for r in train_records for term in ("main_ce", "response_distill", "lr"))
+    evals = [r for r in records if "val/mIoU" in r]
+    assert len(evals) == 1 and 0.0 <= evals[0]["val/mIoU"] <= 100.0
+    assert summary["best_miou"] == pytest.approx(evals[0]["val/mIoU"])
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "tensorboard"))
+    saved = yaml.safe_load((tmp_path / "recipe.yaml").read_text())
+    assert saved["train"]["max_iters"] == 4
+
+
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
+    once = tmp_path / "once"
+    train(tiny_recipe(), str(once), echo=quiet, load_pretrained=False)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(once / "checkpoints" / "iter_0000002", resumed / "checkpoints" / "iter_0000002")
+    messages = []
+    summary = train(tiny_recipe(), str(resumed), resume=True, echo=messages.append, load_pretrained=False)
+    assert summary["iteration"] == 4
+    assert any("resumed from" in m and "iteration 2" in m for m in messages)
+    with np.load(once / "checkpoints" / "iter_0000004" / "variables.npz", allow_pickle=True) as a, np.load(
+        resumed / "checkpoints" / "iter_0000004" / "variables.npz", allow_pickle=True
+    ) as b:
+        assert len(a["__paths__"]) == len(b["__paths__"])
+        for key in a.files:
+            if key != "__paths__":
+                np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+def test_incomplete_checkpoints_are_never_picked(tmp_path):
+    root = tmp_path / "checkpoints"
+    (root / "iter_0000002").mkdir(parents=True)
+    (root / "iter_0000002" / "state.json").write_text('{"iteration": 2}')
+    (root / "iter_0000004").mkdir()  # killed before state.json: incomplete
+    (root / ".tmp-abc123").mkdir()  # a temporary folder being written
+    assert ckpt.latest_checkpoint(str(tmp_path)) == str(root / "iter_0000002")
+    ckpt.prune_checkpoints(str(root), keep=3)
+    assert not (root / ".tmp-abc123").exists()
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="one backend is enough for the SIGKILL scenario (slow)")
+def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
+    recipe = tiny_recipe(max_iters=8, eval_interval=8)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))
+    code = "import sys; from ssaseg_keras_cli.main import main; sys.argv[0] = 'ssaseg-keras'; main()"
+    args = [sys.executable, "-c", code, "train", "tiny.yaml", "--work-dir", "wd"]
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 400
+    while time.time() < deadline and not ckpt.list_checkpoints(tmp_path / "wd" / "checkpoints"):
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    done_before = ckpt.list_checkpoints(tmp_path / "wd" / "checkpoints")
+    assert done_before and done_before[-1][0] < 8
+    done = run_cli("train", "tiny.yaml", "--work-dir", "wd", "--resume", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resumed from" in done.stdout and "done: iteration 8" in done.stdout
+
+
+NEXT_BACKEND = {"tensorflow": "jax", "jax": "torch", "torch": "tensorflow"}
+
+
+def test_checkpoint_resumes_evaluates_and_predicts_on_another_backend(tmp_path):
+    """Each backend's env writes a checkpoint that the next backend resumes, evaluates and predicts
+    with (tensorflow -> jax -> torch -> tensorflow), so every pair direction is exercised in tox."""
+    from PIL import Image
+
+    recipe = tiny_recipe()
+    train(recipe, str(tmp_path / "wd"), echo=quiet, load_pretrained=False)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**recipe, "train": {**recipe["train"], "max_iters": 6}}))
+    other = NEXT_BACKEND[BACKEND]
+    done = run_cli("train", "tiny.yaml", "--work-dir", "wd", "--resume", cwd=tmp_path, backend=other)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"trained on {BACKEND}" in done.stdout and "done: iteration 6" in done.stdout
+    done = run_cli("evaluate", "tiny.yaml", "--checkpoint", "wd", "--json", "eval.json", cwd=tmp_path, backend=other)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((tmp_path / "eval.json").read_text())
+    assert results["mode"] == "whole" and results["num_images"] == 2 and 0 <= results["mIoU"] <= 100
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "a.png")
+    done = run_cli("predict", "wd", "a.png", "--output", "out", "--logits", cwd=tmp_path, backend=other)
+    assert done.returncode == 0, done.stderr[-2000:]
+    labels = np.asarray(Image.open(tmp_path / "out" / "a.png"))
+    assert labels.shape == (40, 56) and labels.max() < 5
+    assert np.load(tmp_path / "out" / "a_logits.npy").shape == (40, 56, 5)
+    assert (tmp_path / "out" / "a_overlay.jpg").is_file()
+
+
+# ------------------------------------------------------------------ the CLI's user errors
+def test_cli_user_mistakes_give_one_line_and_exit_code_2(tmp_path):
+    (tmp_path / "bad.yaml").write_text("model: {family: segnext, size: t}\ntrain: {max_iter: 10}\n")
+    cases = [
+        (("train", "missing.yaml"), "does not exist"),
+        (("train", "bad.yaml"), "train.max_iter: unknown key"),
+        (("train", "bad.yaml", "--set", "train.lr"), "write it as key.sub=value"),
+        (("evaluate", "bad.yaml", "--checkpoint", "nowhere"), "train.max_iter"),
+        (("predict", "nowhere", "img.png", "--output", "out"), "does not exist"),
+        (("evaluate", "quickstart", "--checkpoint", "nowhere", "--tta", "flop"), "--tta"),
+    ]
+    for args, expected in cases:
+        done = run_cli(*args, cwd=tmp_path)
+        assert done.returncode == 2, (args, done.stdout, done.stderr[-1500:])
+        assert "Traceback" not in done.stderr and expected in done.stderr, (args, done.stderr[-1500:])
