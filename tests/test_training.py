@@ -212,7 +212,7 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     assert done_before and done_before[-1][0] < 8
     done = run_cli("train", "tiny.yaml", "--work-dir", "wd", "--resume", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert f"resumed from" in done.stdout and "done: iteration 8" in done.stdout
+    assert "resumed from" in done.stdout and "done: iteration 8" in done.stdout
 
 
 NEXT_BACKEND = {"tensorflow": "jax", "jax": "torch", "torch": "tensorflow"}
