@@ -245,7 +245,9 @@ def test_checkpoint_resumes_evaluates_and_predicts_on_another_backend(tmp_path):
 
 # ------------------------------------------------------------------ the CLI's user errors
 def test_cli_user_mistakes_give_one_line_and_exit_code_2(tmp_path):
-    (tmp_path / "bad.yaml").write_text("model: {family: segnext, size: t}\ntrain: {max_iter: 10}\n")
+    (tmp_path / "bad.yaml").write_text(
+        "model: {family: segnext, size: t}\ndata: {source: synthetic}\ntrain: {max_iter: 10}\n"
+    )
     cases = [
         (("train", "missing.yaml"), "does not exist"),
         (("train", "bad.yaml"), "train.max_iter: unknown key"),
