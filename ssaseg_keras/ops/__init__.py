@@ -5,6 +5,7 @@ from ssaseg_keras.ops.resize import (
     downsample_labels,
     nearest_legacy_indices,
     resize_bilinear,
+    resize_logits,
 )
 
-__all__ = ["bilinear_matrix", "downsample_labels", "nearest_legacy_indices", "resize_bilinear"]
+__all__ = ["bilinear_matrix", "downsample_labels", "nearest_legacy_indices", "resize_bilinear", "resize_logits"]

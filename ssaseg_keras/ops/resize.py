@@ -88,3 +88,26 @@ def downsample_labels(labels, size):
         return labels
     labels = ops.take(labels, nearest_legacy_indices(in_h, out_h), axis=1)
     return ops.take(labels, nearest_legacy_indices(in_w, out_w), axis=2)
+
+
+def _linear_taps(in_size, out_size):
+    """Half-pixel-centre source taps (lo, hi int32 (out,), weight of hi float32 (out,)), clamped at
+    the borders as torch's `F.interpolate(mode="bilinear", align_corners=False)`."""
+    scale = ops.cast(in_size, "float32") / ops.cast(out_size, "float32")
+    src = ops.maximum((ops.cast(ops.arange(out_size), "float32") + 0.5) * scale - 0.5, 0.0)
+    lo = ops.minimum(ops.cast(ops.floor(src), "int32"), in_size - 1)
+    hi = ops.minimum(lo + 1, in_size - 1)
+    return lo, hi, src - ops.cast(lo, "float32")
+
+
+def resize_logits(logits, height, width):
+    """The same sampling as `resize_bilinear(..., align_corners=False)`, written as two gathers so
+    that the sizes may be dynamic (TF graphs over eval images of varying size). Bilinear resize (half-pixel centres, no antialias) of (B, h, w, K) logits to (B, height,
+    width, K); sizes may be dynamic (TF graphs with unknown image sizes)."""
+    shape = ops.shape(logits)
+    lo, hi, frac = _linear_taps(shape[1], height)
+    frac = frac[None, :, None, None]
+    logits = ops.take(logits, lo, axis=1) * (1.0 - frac) + ops.take(logits, hi, axis=1) * frac
+    lo, hi, frac = _linear_taps(shape[2], width)
+    frac = frac[None, None, :, None]
+    return ops.take(logits, lo, axis=2) * (1.0 - frac) + ops.take(logits, hi, axis=2) * frac
