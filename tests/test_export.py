@@ -224,3 +224,34 @@ def test_export_keras_file_float32_input_and_force(exported, tmp_path):
         serve(images=tf.constant(images))["labels"].numpy(),
         reference(images=tf.constant(images.astype("uint8")))["labels"].numpy(),
     )
+
+
+@pytest.mark.skipif(
+    BACKEND != "tensorflow", reason="one backend is enough for SegFormer's export (slow)"
+)
+def test_segformer_exports_and_serves_any_size(tmp_path):
+    """SegFormer (keras-cv MiT, grid carried explicitly) serves images of any size, like SegNeXt."""
+    import tensorflow as tf
+
+    from ssaseg_keras.export.reference import reference_logits, sample_images
+    from ssaseg_keras.export.source import resolve_source
+    from ssaseg_keras.models import build_segmentor
+
+    pytest.importorskip("keras_cv")
+    model = build_segmentor(
+        {"family": "segformer", "size": "b0", "num_classes": NUM_CLASSES, "ssa": True}, training=False
+    )
+    path = str(tmp_path / "segformer.keras")
+    model.save(path)
+    output = str(tmp_path / "models")
+    code, out, err = run_main("export", path, "--output", output)
+    assert code == 0, err
+    agreements = [float(line.split("agreement with Keras ")[1].split("%")[0]) for line in out.splitlines() if "agreement" in line]
+    assert agreements and min(agreements) >= 99.9
+    serve = tf.saved_model.load(os.path.join(output, "1")).signatures["serving_default"]
+    images = sample_images(((2, 45, 70),), seed=7)[0]
+    labels = serve(images=tf.constant(images))["labels"].numpy()
+    assert labels.shape == (2, 45, 70)
+    source = resolve_source(path)
+    logits = reference_logits(model, images, source.mean, source.std)
+    assert (logits.argmax(-1) == labels).mean() >= 0.999

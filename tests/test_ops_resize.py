@@ -27,3 +27,18 @@ def test_label_downsampling_matches_torch_legacy_nearest(shape):
     labels = np.random.default_rng(1).integers(0, 256, size=(2, in_h, in_w)).astype("int32")
     expected = torch.nn.functional.interpolate(torch.tensor(labels[:, None]).float(), size=(out_h, out_w), mode="nearest")
     np.testing.assert_array_equal(to_numpy(downsample_labels(labels, (out_h, out_w))), expected[:, 0].numpy())
+
+
+@pytest.mark.parametrize("size", [(16, 20), (3, 4), (7, 9), (20, 5)])
+def test_bilinear_with_dynamic_sizes_samples_like_torch(size):
+    """Sizes given as tensors (what a graph of unknown image size has) take the gather path: same result."""
+    from keras import ops
+
+    x = np.random.default_rng(2).normal(size=(2, 7, 9, 3)).astype("float32")
+    dynamic = (ops.convert_to_tensor(size[0], "int32"), ops.convert_to_tensor(size[1], "int32"))
+    expected = torch.nn.functional.interpolate(
+        torch.tensor(x).permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=False
+    ).permute(0, 2, 3, 1)
+    np.testing.assert_allclose(to_numpy(resize_bilinear(x, dynamic)), expected.numpy(), atol=2e-6)
+    with pytest.raises(ValueError, match="static sizes"):
+        resize_bilinear(x, dynamic, align_corners=True)

@@ -11,8 +11,6 @@ logits (bilinear, half-pixel) and crop them back to (H, W).
 
 from __future__ import annotations
 
-import contextlib
-
 import tensorflow as tf
 
 from ssaseg_keras.export.reference import SIZE_DIVISOR, fixed_input_size, fixed_nmf_bases, nmf_seed
@@ -23,40 +21,6 @@ SIGNATURE_KEY = "serving_default"
 def _resize(x, size):
     """Bilinear, half-pixel centres, no antialiasing: torch's align_corners=False when upsampling."""
     return tf.image.resize(x, size, method="bilinear", antialias=False)
-
-
-@contextlib.contextmanager
-def dynamic_spatial_head(model):
-    """Let a SegNeXt LightHamHead trace with unknown height/width.
-
-    `LightHamHead.call` reads the stage-2 size as Python ints for its exact resize, which a graph
-    with dynamic H, W does not have; while tracing, this gives the head instance a call that takes
-    the size from `tf.shape` (same layers, same order). The export check compares the result with
-    the unpatched Keras model.
-    """
-    from ssaseg_keras.models.heads.ham_head import LightHamHead
-
-    head = model.decode_head
-    if not isinstance(head, LightHamHead):
-        yield
-        return
-    original = head.call
-
-    def call(features, training=False):
-        selected = [features[i] for i in head.in_index]
-        size = tf.shape(selected[0])[1:3]
-        levels = [selected[0]] + [
-            tf.cast(_resize(level, size), level.dtype) for level in selected[1:]
-        ]
-        x = head.squeeze(tf.concat(levels, axis=-1), training=training)
-        x = head.hamburger(x, training=training)
-        return head.align(x, training=training)
-
-    head.call = call
-    try:
-        yield
-    finally:
-        head.call = original
 
 
 class _Untracked:
@@ -107,7 +71,7 @@ class SegmentationServer(tf.Module):
 def save_serving_model(model, path, mean, std, input_dtype="uint8", with_probabilities=False):
     """Trace the serving signature (fixed NMF bases, dynamic shapes) and write a SavedModel to `path`."""
     server = SegmentationServer(model, mean, std, input_dtype, with_probabilities)
-    with fixed_nmf_bases(model, nmf_seed(model)), dynamic_spatial_head(model):
+    with fixed_nmf_bases(model, nmf_seed(model)):
         concrete = server.serve.get_concrete_function()
         tf.saved_model.save(server, path, signatures={SIGNATURE_KEY: concrete})
     return path

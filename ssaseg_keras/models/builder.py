@@ -20,7 +20,7 @@ MODEL_DEFAULTS = {
     "drop_path": None,  # None: the preset's rate
     "pretrained": None,
     "source": "keras_cv",
-    "image_size": None,  # SegFormer (keras-cv/keras-hub MiT) needs a fixed square size; default 512
+    "image_size": None,  # optional fixed input size [H, W] (SegFormer); None: any multiple of 32
     "seed": None,
     "backbone": {},  # overrides of the preset's backbone arguments
     "head": {},  # overrides of the preset's head arguments
@@ -58,14 +58,14 @@ def build_backbone(config, preset):
         return MSCANBackbone(**args, seed=config.get("seed"), name="backbone")
     from ssaseg_keras.models.backbones.mit import build_mit_backbone
 
-    size = config.get("image_size") or 512
+    size = config.get("image_size")
     if isinstance(size, int):
         size = (size, size)
     return build_mit_backbone(
         embed_dims=args["embed_dims"],
         depths=args["depths"],
         source=config.get("source", "keras_cv"),
-        image_shape=(int(size[0]), int(size[1]), 3),
+        image_shape=(None, None, 3) if size is None else (int(size[0]), int(size[1]), 3),
         name="backbone",
     )
 

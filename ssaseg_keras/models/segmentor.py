@@ -110,8 +110,7 @@ class Segmentor(keras.Model):
                 return {"logits": student["refined_logits"], "features": features, **student}
             return {"logits": self.classifier(features, training=True), "features": features}
         logits = self.classifier(features, training=False)
-        size = (int(images.shape[1]), int(images.shape[2]))
-        return resize_bilinear(ops.cast(logits, "float32"), size, align_corners=False)
+        return resize_bilinear(ops.cast(logits, "float32"), ops.shape(images)[1:3], align_corners=False)
 
     # -------------------------------------------------------------------- loss
     def loss_terms(self, y, y_pred):

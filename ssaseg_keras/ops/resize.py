@@ -46,15 +46,21 @@ def resize_bilinear(x, size, align_corners: bool = False):
 
     Args:
         x: (B, H, W, C) tensor.
-        size: (out_H, out_W), Python ints.
+        size: (out_H, out_W): Python ints (interpolation matrices), or dynamic sizes
+            (e.g. `ops.shape(y)[1:3]` in a graph with unknown sizes; `resize_logits` then).
         align_corners: torch's `align_corners` (False = half-pixel centres).
 
     Returns:
         (B, out_H, out_W, C) tensor in x's dtype (cast logits to float32 first when they feed a
         loss).
     """
-    in_h, in_w = int(x.shape[1]), int(x.shape[2])
-    out_h, out_w = int(size[0]), int(size[1])
+    sizes = (x.shape[1], x.shape[2], size[0], size[1])
+    if not all(isinstance(v, (int, np.integer)) for v in sizes):
+        # A traced graph with unknown sizes (a SavedModel serving any image size): gathers.
+        if align_corners:
+            raise ValueError("resize_bilinear: align_corners=True needs static sizes")
+        return resize_logits(x, size[0], size[1])
+    in_h, in_w, out_h, out_w = (int(v) for v in sizes)
     if (in_h, in_w) == (out_h, out_w):
         return x
     rows = ops.cast(bilinear_matrix(in_h, out_h, align_corners), x.dtype)
@@ -101,13 +107,13 @@ def _linear_taps(in_size, out_size):
 
 
 def resize_logits(logits, height, width):
-    """The same sampling as `resize_bilinear(..., align_corners=False)`, written as two gathers so
-    that the sizes may be dynamic (TF graphs over eval images of varying size). Bilinear resize (half-pixel centres, no antialias) of (B, h, w, K) logits to (B, height,
-    width, K); sizes may be dynamic (TF graphs with unknown image sizes)."""
+    """Bilinear resize of (B, h, w, K) to (B, height, width, K) with the sampling of
+    `resize_bilinear(..., align_corners=False)` (half-pixel centres, no antialias), written as two
+    gathers so that every size may be dynamic (TF graphs over images of varying size)."""
     shape = ops.shape(logits)
     lo, hi, frac = _linear_taps(shape[1], height)
-    frac = frac[None, :, None, None]
+    frac = ops.cast(frac, logits.dtype)[None, :, None, None]
     logits = ops.take(logits, lo, axis=1) * (1.0 - frac) + ops.take(logits, hi, axis=1) * frac
     lo, hi, frac = _linear_taps(shape[2], width)
-    frac = frac[None, None, :, None]
+    frac = ops.cast(frac, logits.dtype)[None, None, :, None]
     return ops.take(logits, lo, axis=2) * (1.0 - frac) + ops.take(logits, hi, axis=2) * frac

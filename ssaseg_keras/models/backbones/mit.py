@@ -1,11 +1,14 @@
 """Mix Transformer (SegFormer's backbone) from keras-cv or keras-hub, as a feature-pyramid Backbone.
 
-A thin adapter: the library builds the MiT, this wraps it into our `Backbone` contract (images ->
-list of 4 stage features, strides 4..32). `source: keras_cv` (the default) or `keras_hub`; both
-libraries are imported only here, when a MiT is built, so the rest of the package runs without them.
+The library builds the MiT and owns its layers and weights (so its presets and weight files load
+as they are); `source: keras_cv` (the default) or `keras_hub`, imported only here, when a MiT is built.
 
-Both libraries' MiT reshape tokens to a square grid (H = W = sqrt(N)), so the input size is fixed
-and square (`image_shape`, e.g. the training crop); other sizes raise a clear error.
+Both libraries' MiT recover the token grid as H = W = sqrt(N), which ties them to one square input
+size. `MiTFeatures` runs the library's own layers with the grid carried explicitly instead, so a
+SegFormer runs at any size whose sides are multiples of 32, non-square included, like the reference.
+It follows the reference MiT (mmseg `MixVisionTransformer`) where the libraries differ from it:
+the sequence-reduction input is reshaped token-major (keras-cv transposes it first) and attention
+has no dropout (the reference's attn_drop_rate and drop_rate are 0).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from __future__ import annotations
 import os
 
 import keras
+from keras import ops
 
 from ssaseg_keras.models.backbones.base import Backbone
 from ssaseg_keras.utils.errors import CheckpointError, UserError
@@ -21,6 +25,7 @@ MIT_NUM_HEADS = (1, 2, 5, 8)
 MIT_SR_RATIOS = (8, 4, 2, 1)
 MIT_DROP_PATH = 0.1
 SOURCES = ("keras_cv", "keras_hub")
+BUILD_SHAPE = (64, 64, 3)  # the library graph's input; weights do not depend on it
 
 
 def _import(source):
@@ -40,59 +45,144 @@ def _import(source):
         ) from error
 
 
-def library_mit(source, embed_dims, depths, image_shape):
-    """The library's MiT model and the list of its 4 stage-output tensors."""
+def library_mit(source, embed_dims, depths):
+    """The library's MiT model (built at `BUILD_SHAPE`), B0..B5 set by `embed_dims` and `depths`."""
     if source not in SOURCES:
         raise UserError(f"model.source must be one of {', '.join(SOURCES)}, got {source!r}")
     library = _import(source)
     if source == "keras_cv":
-        mit = library.models.MiTBackbone(
+        return library.models.MiTBackbone(
             include_rescaling=False,
             depths=list(depths),
             embedding_dims=list(embed_dims),
-            input_shape=tuple(image_shape),
+            input_shape=BUILD_SHAPE,
+            name="mit",
         )
-        stages = [mit.get_layer(name).output for name in mit.pyramid_level_inputs.values()]
-    else:
-        mit = library.models.MiTBackbone(
-            layerwise_depths=list(depths),
-            num_layers=4,
-            layerwise_num_heads=list(MIT_NUM_HEADS),
-            layerwise_sr_ratios=list(MIT_SR_RATIOS),
-            max_drop_path_rate=MIT_DROP_PATH,
-            layerwise_patch_sizes=[7, 3, 3, 3],
-            layerwise_strides=[4, 2, 2, 2],
-            image_shape=tuple(image_shape),
-            hidden_dims=list(embed_dims),
-        )
-        stages = list(mit.pyramid_outputs.values())
-    return mit, stages
+    return library.models.MiTBackbone(
+        layerwise_depths=list(depths),
+        num_layers=4,
+        layerwise_num_heads=list(MIT_NUM_HEADS),
+        layerwise_sr_ratios=list(MIT_SR_RATIOS),
+        max_drop_path_rate=MIT_DROP_PATH,
+        layerwise_patch_sizes=[7, 3, 3, 3],
+        layerwise_strides=[4, 2, 2, 2],
+        image_shape=BUILD_SHAPE,
+        hidden_dims=list(embed_dims),
+        name="mit",
+    )
+
+
+def _stage_norms(mit):
+    """The 4 per-stage output LayerNormalizations: the library model's top-level ones, in order."""
+    norms = [layer for layer in mit.layers if isinstance(layer, keras.layers.LayerNormalization)]
+    if len(norms) != 4:
+        raise UserError(f"unsupported MiT layout: expected 4 stage norms, found {len(norms)}")
+    return norms
+
+
+def _attention(attn, x, height, width):
+    """Efficient self-attention of one block on tokens x (B, N, C), N = height * width."""
+    batch, tokens, channels = ops.shape(x)[0], ops.shape(x)[1], x.shape[-1]
+    heads = attn.num_heads
+    head_dim = channels // heads
+    q = ops.transpose(ops.reshape(attn.q(x), (batch, tokens, heads, head_dim)), (0, 2, 1, 3))
+    if attn.sr_ratio > 1:
+        grid = ops.reshape(x, (batch, height, width, channels))
+        x = attn.norm(ops.reshape(attn.sr(grid), (batch, -1, channels)))
+    k = ops.transpose(ops.reshape(attn.k(x), (batch, -1, heads, head_dim)), (0, 2, 1, 3))
+    v = ops.transpose(ops.reshape(attn.v(x), (batch, -1, heads, head_dim)), (0, 2, 1, 3))
+    weights = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * attn.scale, axis=-1)
+    out = ops.reshape(ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3)), (batch, tokens, channels))
+    return attn.proj(out)
+
+
+def _mix_ffn(mlp, x, height, width):
+    """Mix-FFN: fc1 -> 3x3 depthwise conv on the (height, width) grid -> GELU -> fc2."""
+    hidden = mlp.fc1(x)
+    batch, channels = ops.shape(hidden)[0], hidden.shape[-1]
+    grid = mlp.dwconv(ops.reshape(hidden, (batch, height, width, channels)))
+    return mlp.fc2(ops.gelu(ops.reshape(grid, (batch, -1, channels))))
+
+
+@keras.saving.register_keras_serializable(package="ssaseg_keras")
+class MiTFeatures(keras.layers.Layer):
+    """Images (B, H, W, 3) -> the 4 stage features of a library MiT, for any H, W multiple of 32.
+
+    Holds the library model (`self.mit`, its layers and weights untouched) and runs its patch
+    embeddings, transformer blocks and stage norms with the token grid passed explicitly.
+    """
+
+    def __init__(self, embed_dims, depths, source="keras_cv", **kwargs):
+        super().__init__(**kwargs)
+        self.embed_dims = [int(d) for d in embed_dims]
+        self.depths = [int(d) for d in depths]
+        self.source = source
+        self.mit = library_mit(source, self.embed_dims, self.depths)
+        self.built = True
+
+    def _stages(self):
+        norms = _stage_norms(self.mit)
+        for i, depth in enumerate(self.depths):
+            embed = self.mit.get_layer(f"patch_and_embed_{i}")
+            blocks = [self.mit.get_layer(f"hierarchical_encoder_{i}_{k}") for k in range(depth)]
+            yield embed, blocks, norms[i]
+
+    def call(self, images, training=False):
+        x = images
+        features = []
+        for embed, blocks, norm in self._stages():
+            if getattr(embed, "padding", None) is not None:  # keras-hub pads explicitly
+                x = embed.padding(x)
+            x = embed.proj(x)
+            batch, height, width = ops.shape(x)[0], ops.shape(x)[1], ops.shape(x)[2]
+            channels = x.shape[-1]
+            x = embed.norm(ops.reshape(x, (batch, -1, channels)))
+            for block in blocks:
+                x = x + block.drop_path(_attention(block.attn, block.norm1(x), height, width), training=training)
+                x = x + block.drop_path(_mix_ffn(block.mlp, block.norm2(x), height, width), training=training)
+            x = ops.reshape(norm(x), (batch, height, width, channels))
+            features.append(x)
+        return features
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width = input_shape[0], input_shape[1], input_shape[2]
+        shapes = []
+        for i, channels in enumerate(self.embed_dims):
+            stride = 4 * 2**i
+            shapes.append(
+                (
+                    batch,
+                    None if height is None else height // stride,
+                    None if width is None else width // stride,
+                    channels,
+                )
+            )
+        return shapes
+
+    def get_config(self):
+        return {**super().get_config(), "embed_dims": self.embed_dims, "depths": self.depths, "source": self.source}
 
 
 @keras.saving.register_keras_serializable(package="ssaseg_keras")
 class MiTBackbone(Backbone):
-    """MiT B0..B5 from keras-cv / keras-hub: images (B, S, S, 3) -> [stage1 .. stage4], NHWC.
+    """MiT B0..B5 from keras-cv / keras-hub: images (B, H, W, 3) -> [stage1 .. stage4], NHWC.
 
     Args:
         embed_dims, depths: the MiT size (see `presets.SEGFORMER_PRESETS`).
         source: "keras_cv" or "keras_hub".
-        image_shape: (S, S, 3), S a multiple of 32 (the libraries' MiT needs a fixed square size).
+        image_shape: (H, W, 3); H and W None (any multiple of 32, the default) or fixed.
     """
 
-    def __init__(self, embed_dims, depths, source="keras_cv", image_shape=(512, 512, 3), dtype=None, **kwargs):
+    def __init__(self, embed_dims, depths, source="keras_cv", image_shape=(None, None, 3), dtype=None, **kwargs):
         image_shape = tuple(image_shape)
-        height, width = image_shape[0], image_shape[1]
-        if height is None or width is None or height != width or height % 32:
-            raise UserError(
-                f"SegFormer's MiT ({source}) needs a fixed square input whose side is a multiple of "
-                f"32, got {image_shape[:2]}; set model.image_size to e.g. [512, 512]."
-            )
-        mit, stages = library_mit(source, embed_dims, depths, image_shape)
-        extractor = keras.Model(mit.inputs, stages, name="mit")
+        for side in image_shape[:2]:
+            if side is not None and side % 32:
+                raise UserError(f"SegFormer's input sides must be multiples of 32, got {image_shape[:2]}.")
         inputs = keras.Input(shape=image_shape, name="images")
+        extractor = MiTFeatures(embed_dims, depths, source=source, dtype=dtype, name="mit_features")
         outputs = list(extractor(inputs))
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
-        self.mit = extractor
+        self.mit = extractor.mit
         self.embed_dims = [int(d) for d in embed_dims]
         self.depths = [int(d) for d in depths]
         self.source = source
@@ -108,7 +198,7 @@ class MiTBackbone(Backbone):
         }
 
 
-def build_mit_backbone(embed_dims, depths, source="keras_cv", image_shape=(512, 512, 3), name="backbone"):
+def build_mit_backbone(embed_dims, depths, source="keras_cv", image_shape=(None, None, 3), name="backbone"):
     return MiTBackbone(embed_dims, depths, source=source, image_shape=image_shape, name=name)
 
 

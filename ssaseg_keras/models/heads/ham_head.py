@@ -198,7 +198,7 @@ class LightHamHead(keras.layers.Layer):
 
     def call(self, features, training=False):
         selected = [features[i] for i in self.in_index]
-        size = (int(selected[0].shape[1]), int(selected[0].shape[2]))
+        size = ops.shape(selected[0])[1:3]  # Python ints, or dynamic in a graph of unknown size
         x = ops.concatenate(
             [resize_bilinear(level, size, align_corners=False) for level in selected], axis=-1
         )

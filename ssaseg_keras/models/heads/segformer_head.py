@@ -44,7 +44,7 @@ class SegFormerHead(keras.layers.Layer):
 
     def call(self, features, training=False):
         selected = [features[i] for i in self.in_index]
-        size = (int(selected[0].shape[1]), int(selected[0].shape[2]))
+        size = ops.shape(selected[0])[1:3]  # Python ints, or dynamic in a graph of unknown size
         projected = [
             resize_bilinear(layer(level), size, align_corners=False)
             for layer, level in zip(self.projections, selected)
