@@ -188,6 +188,12 @@ def test_imagenet_pretrained_mscan(tmp_path, state):
     )
     report = load_pretrained_backbone(model, path)
     assert report.num_loaded == 218 and {"head.weight", "head.bias"} <= set(report.skipped)
+    # What training prints: the count, by part, and the skipped names.
+    from ssaseg_keras.training.trainer import describe_load
+
+    assert model.pretrained_report.num_loaded == 218
+    text = describe_load(model.pretrained_report)
+    assert text.startswith("loaded 218 weights (") and "block1: " in text and "head.weight" in text
 
 
 def test_cli_convert_writes_a_loadable_keras_file(tmp_path, capsys):

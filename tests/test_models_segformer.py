@@ -12,7 +12,7 @@ from keras import ops
 from ssaseg_keras.models import build_segmentor, model_summary_counts
 from ssaseg_keras.models.backbones.mit import BUILD_SHAPE, MiTBackbone, MiTFeatures
 from ssaseg_keras.models.heads.segformer_head import SegFormerHead
-from ssaseg_keras.utils.errors import UserError
+from ssaseg_keras.utils.errors import CheckpointError, UserError
 
 HAS_KERAS_CV = importlib.util.find_spec("keras_cv") is not None
 HAS_KERAS_HUB = importlib.util.find_spec("keras_hub") is not None
@@ -102,3 +102,16 @@ def test_keras_hub_segformer_counts_runs_non_square_and_round_trips(tmp_path):
 def test_missing_keras_hub_is_a_clear_error():
     with pytest.raises(UserError, match="keras-hub is not installed: `pip install keras-hub`"):
         build_segmentor({"family": "segformer", "size": "b0", "num_classes": 7, "source": "keras_hub"})
+
+
+@needs_keras_cv
+def test_local_mit_weights_file_loads_and_reports(tmp_path, segformer_b0):
+    path = str(tmp_path / "mit_b0.weights.h5")
+    segformer_b0.backbone.mit.save_weights(path)
+    model = build_segmentor({"family": "segformer", "size": "b0", "num_classes": 7, "pretrained": path})
+    assert model.pretrained_report.num_loaded == len(segformer_b0.backbone.mit.weights)
+    x = np.random.RandomState(4).randn(1, 64, 96, 3).astype("float32")
+    for ours, theirs in zip(model.backbone(x), segformer_b0.backbone(x)):
+        np.testing.assert_allclose(ops.convert_to_numpy(ours), ops.convert_to_numpy(theirs), atol=1e-5)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        build_segmentor({"family": "segformer", "size": "b0", "num_classes": 7, "pretrained": str(tmp_path / "no.weights.h5")})

@@ -115,7 +115,7 @@ def build_segmentor(model_config: dict, load_pretrained: bool = True, training: 
     if load_pretrained and config.get("pretrained"):
         from ssaseg_keras.convert.checkpoint import load_pretrained_backbone
 
-        load_pretrained_backbone(model, config["pretrained"], family=config["family"])
+        model.pretrained_report = load_pretrained_backbone(model, config["pretrained"], family=config["family"])
     return model
 
 

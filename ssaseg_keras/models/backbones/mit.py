@@ -217,7 +217,7 @@ def load_mit_weights(backbone, weights):
             raise CheckpointError(
                 f"model.pretrained {weights!r} does not fit the MiT backbone ({error})."
             ) from error
-        return None
+        return _report(backbone)
     if backbone.source != "keras_cv":
         raise UserError(
             f"model.pretrained {weights!r}: presets are read through keras-cv; with source "
@@ -225,7 +225,7 @@ def load_mit_weights(backbone, weights):
         )
     library = _import("keras_cv")
     try:
-        pretrained = library.models.MiTBackbone.from_preset(weights, input_shape=backbone.image_shape)
+        pretrained = library.models.MiTBackbone.from_preset(weights, input_shape=BUILD_SHAPE)
     except Exception as error:
         raise UserError(
             f"model.pretrained {weights!r}: the keras-cv preset could not be loaded ({type(error).__name__}: "
@@ -236,4 +236,11 @@ def load_mit_weights(backbone, weights):
     if len(source_weights) != len(backbone.mit.weights):
         raise CheckpointError(f"preset {weights!r} does not match this MiT size.")
     backbone.mit.set_weights(source_weights)
-    return None
+    return _report(backbone)
+
+
+def _report(backbone):
+    """What a MiT weights load did: every weight of the library MiT, by path (all or nothing)."""
+    from ssaseg_keras.convert.reference import LoadReport
+
+    return LoadReport(loaded=[variable.path.replace("/", ".") for variable in backbone.mit.weights])
