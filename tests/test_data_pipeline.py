@@ -328,3 +328,23 @@ def test_transforms_match_opencv_as_mmseg_uses_it():
     for shift in (-18, 7):
         diff = np.abs(T._hsv_adjust(x, hue_shift=float(shift)).numpy() - mmcv_hsv(shift=shift))
         assert diff.max() <= 3 and diff.mean() < 0.5
+
+
+def test_a_corrupt_image_is_one_data_error_naming_the_fix(tmp_path):
+    from ssaseg_keras.data.pipeline import explain_data_errors
+    from ssaseg_keras.utils.errors import DataError
+
+    rng = np.random.default_rng(5)
+    root = tmp_path / "broken"
+    write_folder(root, [block_label(rng, 32, 32), block_label(rng, 32, 32)])
+    whole = (root / "images" / "im1.png").read_bytes()
+    (root / "images" / "im1.png").write_bytes(whole[: len(whole) // 2])  # the header reads, the pixels do not
+    section = {"source": "folder", "root": str(root), "class_names": [f"c{i}" for i in range(9)], "crop_size": [32, 32]}
+    ds = build_dataset(section, "val", batch_size=1)
+    with pytest.raises(DataError, match=r"val data \(folder at .*broken\) has a file that cannot be read: .*data check"):
+        with explain_data_errors(section, "val"):
+            for _ in ds:
+                pass
+    with pytest.raises(ZeroDivisionError):  # other errors pass through unchanged
+        with explain_data_errors(section, "val"):
+            1 / 0

@@ -9,6 +9,7 @@ valid (h, w) and its label's (h, w) so predictions can be cropped and resized ba
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 from ssaseg_keras.data.config import validate_data_config
@@ -23,6 +24,32 @@ from ssaseg_keras.utils.errors import DataError
 
 log = logging.getLogger(__name__)
 DECODED_SHUFFLE_BUFFER = 256  # shuffle buffer when whole decoded images are shuffled (cache, tfds)
+
+
+DATA_ERROR_MARKERS = ("decode", "image format", "jpeg", "png", "sizes differ", "iteratorgetnext", "no such file")
+
+
+@contextlib.contextmanager
+def explain_data_errors(data_config, split="train"):
+    """Turn TensorFlow's errors from inside the input pipeline (an image that does not decode, an
+    image/label size mismatch) into one `DataError` naming the data section and the way to find the file."""
+    tf = import_tf()
+    try:
+        yield
+    except (tf.errors.InvalidArgumentError, tf.errors.DataLossError, tf.errors.NotFoundError) as error:
+        text = getattr(error, "message", "") or str(error)
+        if not any(key in text.lower() for key in DATA_ERROR_MARKERS):
+            raise  # an error of the model's graph, not of the data
+        message = text.strip().splitlines()
+        detail = message[0] if message else type(error).__name__
+        for line in message:  # the size check names both files
+            if "sizes differ" in line:
+                detail = line.strip()
+        root = data_config.get("root") or data_config.get("source")
+        raise DataError(
+            f"the {split} data ({data_config.get('source')} at {root}) has a file that cannot be read: "
+            f"{detail}. `ssaseg-keras data check RECIPE` lists every unreadable or mismatched file."
+        ) from error
 
 
 def _read_label_pil(path):

@@ -67,25 +67,27 @@ def evaluate_model(model, recipe, flip=False, scales=(1.0,), max_images=None, ec
     mmseg's NaN), `class_names`, `mode` (e.g. "whole") and `num_images`.
     """
     from ssaseg_keras.data import build_dataset, dataset_info
+    from ssaseg_keras.data.pipeline import explain_data_errors
     from ssaseg_keras.metrics.segmentation import SegmentationMetrics
 
     info = dataset_info(recipe["data"])
     metric = SegmentationMetrics(info["num_classes"], class_names=info["class_names"])
     dataset = build_dataset(recipe["data"], "val", batch_size=1, return_meta=True)
-    count = 0
-    for images, labels, meta in dataset.as_numpy_iterator():
-        h, w = (int(v) for v in meta["image_shape"][0])
-        lh, lw = (int(v) for v in meta["label_shape"][0])
-        image, label = images[:, :h, :w], labels[:, :lh, :lw]
-        if flip or tuple(scales) != (1.0,):
-            prediction = np.argmax(predict_probabilities(model, image, (lh, lw), flip, scales), axis=-1)
-        else:
-            logits = resize_bilinear(predict_logits(model, image), (lh, lw))
-            prediction = np.asarray(ops.convert_to_numpy(ops.argmax(logits, axis=-1)))
-        metric.update_state(label, prediction.astype("int32"))
-        count += 1
-        if max_images and count >= max_images:
-            break
+    with explain_data_errors(recipe["data"], "val"):
+        count = 0
+        for images, labels, meta in dataset.as_numpy_iterator():
+            h, w = (int(v) for v in meta["image_shape"][0])
+            lh, lw = (int(v) for v in meta["label_shape"][0])
+            image, label = images[:, :h, :w], labels[:, :lh, :lw]
+            if flip or tuple(scales) != (1.0,):
+                prediction = np.argmax(predict_probabilities(model, image, (lh, lw), flip, scales), axis=-1)
+            else:
+                logits = resize_bilinear(predict_logits(model, image), (lh, lw))
+                prediction = np.asarray(ops.convert_to_numpy(ops.argmax(logits, axis=-1)))
+            metric.update_state(label, prediction.astype("int32"))
+            count += 1
+            if max_images and count >= max_images:
+                break
     results = metric.results()
 
     def percent(values):

@@ -223,6 +223,7 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
             random-generator states and data order).
     """
     from ssaseg_keras.data import build_dataset
+    from ssaseg_keras.data.pipeline import explain_data_errors
     from ssaseg_keras.training.evaluation import make_evaluator
 
     cfg = recipe["train"]
@@ -276,15 +277,16 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
             f"cannot resume at iteration {start}: it is not a multiple of train.log_interval={chunk}"
         )
     epochs = math.ceil(cfg["max_iters"] / chunk)
-    model.fit(
-        train_ds,
-        epochs=epochs,
-        initial_epoch=start // chunk,
-        steps_per_epoch=chunk * micro_per_update,
-        callbacks=[logger],
-        shuffle=False,  # the tf.data pipeline shuffles, seeded
-        verbose=0,
-    )
+    with explain_data_errors(recipe["data"], "train"):
+        model.fit(
+            train_ds,
+            epochs=epochs,
+            initial_epoch=start // chunk,
+            steps_per_epoch=chunk * micro_per_update,
+            callbacks=[logger],
+            shuffle=False,  # the tf.data pipeline shuffles, seeded
+            verbose=0,
+        )
     if getattr(logger, "diverged", None):
         raise logger.diverged
     return {"iteration": iteration_of(model), "best_miou": logger.best_miou, "work_dir": work_dir, "model": model}
