@@ -246,6 +246,7 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
     if augment:
         base = tf.constant(seed, tf.int64)
 
+        @tf.autograph.experimental.do_not_convert  # plain graph code: nothing for AutoGraph to do
         def train_map(index, sample):
             element_seed = tf.stack([base, index])
             return train_transform(sample[0], sample[1], element_seed, config)
@@ -254,6 +255,7 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     else:
 
+        @tf.autograph.experimental.do_not_convert
         def eval_map(image, label):
             resized = eval_transform(image, config)
             meta = {"image_shape": tf.shape(resized)[:2], "label_shape": tf.shape(label)}
