@@ -150,8 +150,17 @@ def test_mixed_precision_training_stays_finite(precision):
     assert set(logs[-1]) >= {"loss", "main_ce", "spatial_distill"}
 
 
-def test_train_writes_checkpoints_logs_and_evaluates(tmp_path):
-    summary = train(tiny_recipe(), str(tmp_path), echo=quiet, load_pretrained=False)
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory):
+    """(work dir, summary) of one 4-iteration tiny run (checkpoints at 2 and 4), shared by the tests
+    of the `trained_tiny` xdist group: every `train` call compiles a new training step."""
+    work_dir = tmp_path_factory.mktemp("trained") / "wd"
+    return work_dir, train(tiny_recipe(), str(work_dir), echo=quiet, load_pretrained=False)
+
+
+@pytest.mark.xdist_group("trained_tiny")
+def test_train_writes_checkpoints_logs_and_evaluates(trained_tiny):
+    tmp_path, summary = trained_tiny
     assert summary["iteration"] == 4
     assert [it for it, _ in ckpt.list_checkpoints(tmp_path / "checkpoints")] == [2, 4]
     assert (tmp_path / "checkpoints" / "best" / "state.json").is_file()
@@ -167,9 +176,9 @@ def test_train_writes_checkpoints_logs_and_evaluates(tmp_path):
     assert saved["train"]["max_iters"] == 4
 
 
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
-    once = tmp_path / "once"
-    train(tiny_recipe(), str(once), echo=quiet, load_pretrained=False)
+@pytest.mark.xdist_group("trained_tiny")
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, trained_tiny):
+    once = trained_tiny[0]
     resumed = tmp_path / "resumed"
     shutil.copytree(once / "checkpoints" / "iter_0000002", resumed / "checkpoints" / "iter_0000002")
     messages = []
@@ -218,13 +227,14 @@ def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
 NEXT_BACKEND = {"tensorflow": "jax", "jax": "torch", "torch": "tensorflow"}
 
 
-def test_checkpoint_resumes_evaluates_and_predicts_on_another_backend(tmp_path):
+@pytest.mark.xdist_group("trained_tiny")
+def test_checkpoint_resumes_evaluates_and_predicts_on_another_backend(tmp_path, trained_tiny):
     """Each backend's env writes a checkpoint that the next backend resumes, evaluates and predicts
     with (tensorflow -> jax -> torch -> tensorflow), so every pair direction is exercised in tox."""
     from PIL import Image
 
     recipe = tiny_recipe()
-    train(recipe, str(tmp_path / "wd"), echo=quiet, load_pretrained=False)
+    shutil.copytree(trained_tiny[0], tmp_path / "wd")
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**recipe, "train": {**recipe["train"], "max_iters": 6}}))
     other = NEXT_BACKEND[BACKEND]
     done = run_cli("train", "tiny.yaml", "--work-dir", "wd", "--resume", cwd=tmp_path, backend=other)
