@@ -125,7 +125,8 @@ import sys, numpy as np, keras
 sys.path.insert(0, {tests!r})
 from models_helpers import deterministic_nmf, tiny_config
 from ssaseg_keras.models import build_segmentor
-model = build_segmentor(tiny_config(ssa=True))
+config = {config!r}
+model = build_segmentor(config or tiny_config(ssa=True))
 images = np.random.RandomState(5).randn(1, 64, 96, 3).astype("float32")
 with deterministic_nmf():
     expected = keras.ops.convert_to_numpy(model(images))
@@ -134,11 +135,15 @@ np.savez({npz!r}, images=images, expected=expected)
 """
 
 
-def test_keras_file_from_another_backend_gives_the_same_outputs(tmp_path):
+SEGFORMER_B0 = {"family": "segformer", "size": "b0", "num_classes": 7, "ssa": True}
+
+
+@pytest.mark.parametrize("config", [None, SEGFORMER_B0], ids=["segnext_tiny", "segformer_b0"])
+def test_keras_file_from_another_backend_gives_the_same_outputs(tmp_path, config):
     current = keras.backend.backend()
     other = "torch" if current != "torch" else "tensorflow"
     path, npz = str(tmp_path / "other.keras"), str(tmp_path / "expected.npz")
-    script = SAVE_SCRIPT.format(tests=os.path.join(REPO, "tests"), path=path, npz=npz)
+    script = SAVE_SCRIPT.format(tests=os.path.join(REPO, "tests"), path=path, npz=npz, config=config)
     env = {**os.environ, "KERAS_BACKEND": other}
     try:
         __import__(other)

@@ -4,6 +4,7 @@
 """
 
 # Importing the parts registers them as Keras-serializable, so `.keras` files load in a fresh process.
+from ssaseg_keras.models.backbones.mit import MiTBackbone, MiTFeatures  # keras-cv/hub imported lazily
 from ssaseg_keras.models.backbones.mscan import MSCANBackbone
 from ssaseg_keras.models.builder import build_segmentor, model_summary_counts
 from ssaseg_keras.models.heads.ham_head import LightHamHead
@@ -20,6 +21,8 @@ __all__ = [
     "FAMILIES",
     "LightHamHead",
     "MSCANBackbone",
+    "MiTBackbone",
+    "MiTFeatures",
     "PRESETS",
     "PixelClassifier",
     "SegFormerHead",
