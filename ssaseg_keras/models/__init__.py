@@ -4,7 +4,10 @@
 """
 
 # Importing the parts registers them as Keras-serializable, so `.keras` files load in a fresh process.
-from ssaseg_keras.models.backbones.mit import MiTBackbone, MiTFeatures  # keras-cv/hub imported lazily
+from ssaseg_keras.models.backbones.mit import (  # keras-cv/hub imported lazily
+    MiTBackbone,
+    MiTFeatures,
+)
 from ssaseg_keras.models.backbones.mscan import MSCANBackbone
 from ssaseg_keras.models.builder import build_segmentor, model_summary_counts
 from ssaseg_keras.models.heads.ham_head import LightHamHead
