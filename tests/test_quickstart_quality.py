@@ -16,7 +16,7 @@ from ssaseg_keras.recipes import load_recipe
 from ssaseg_keras.training.trainer import train
 
 RECIPES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
-MARGIN = 1.0  # mIoU points: well under every measured gap, well over eval noise between runs
+MARGIN = 0.5  # mIoU points; measured gaps at 400 iterations: +1.1 (TensorFlow) to +2.9 (PyTorch), README
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SSASEG_QUALITY_TESTS") != "1",
