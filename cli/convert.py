@@ -44,12 +44,11 @@ def convert(checkpoint, recipe, output, overrides, inference, no_strict, backend
         os.environ["KERAS_BACKEND"] = backend
     if not output.endswith(".keras"):
         raise UserError(f"--output {output!r}: the file name must end with .keras")
-    from ssaseg_keras.convert import convert_checkpoint, counts_by_part
+    from ssaseg_keras.convert import convert_checkpoint
     from ssaseg_keras.models import inference_model, model_summary_counts
 
     model, report = convert_checkpoint(checkpoint, recipe, strict=not no_strict, overrides=overrides)
-    parts = ", ".join(f"{part}: {count}" for part, count in sorted(counts_by_part(report.loaded).items()))
-    click.echo(f"loaded {report.num_loaded} reference weights ({parts}); skipped {len(report.skipped)} buffers")
+    click.echo(report.describe())
     if inference:
         model = inference_model(model)
     save_atomically(model, output)

@@ -189,11 +189,10 @@ def test_imagenet_pretrained_mscan(tmp_path, state):
     report = load_pretrained_backbone(model, path)
     assert report.num_loaded == 218 and {"head.weight", "head.bias"} <= set(report.skipped)
     # What training prints: the count, by part, and the skipped names.
-    from ssaseg_keras.training.trainer import describe_load
-
     assert model.pretrained_report.num_loaded == 218
-    text = describe_load(model.pretrained_report)
-    assert text.startswith("loaded 218 weights (") and "block1: " in text and "head.weight" in text
+    text = model.pretrained_report.describe()
+    assert text.startswith("loaded 218 weights (block1: 36, ") and "not used: head.weight, head.bias;" in text
+    assert text.endswith("skipped 15 buffers without weights")
 
 
 def test_cli_convert_writes_a_loadable_keras_file(tmp_path, capsys):
@@ -204,7 +203,7 @@ def test_cli_convert_writes_a_loadable_keras_file(tmp_path, capsys):
     output = tmp_path / "tiny.keras"
     assert main(["convert", GOLDEN_PTH, "--recipe", str(recipe), "--output", str(output), "--inference"]) == 0
     printed = capsys.readouterr().out
-    assert "loaded 248 reference weights (backbone: 218, decode_head: 30); skipped 16 buffers" in printed
+    assert "loaded 248 weights (backbone: 218, decode_head: 30); skipped 16 buffers without weights" in printed
     assert os.path.isfile(output) and not [p for p in os.listdir(tmp_path) if p.startswith(".convert-")]
     loaded = keras.saving.load_model(output)
     assert not loaded.classifier.with_teacher

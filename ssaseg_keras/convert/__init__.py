@@ -6,7 +6,6 @@ from ssaseg_keras.convert import segmentor as _segmentor_mappings  # noqa: F401
 from ssaseg_keras.convert import ssa as _ssa_mappings  # noqa: F401  (registers the SSA mapping)
 from ssaseg_keras.convert.checkpoint import (
     convert_checkpoint,
-    counts_by_part,
     load_pretrained_backbone,
     read_torch_checkpoint,
 )
@@ -15,6 +14,7 @@ from ssaseg_keras.convert.reference import (
     ReferenceWeightsError,
     conv_kernel,
     conv_mapping,
+    counts_by_part,
     dense_mapping,
     depthwise_kernel,
     identity,

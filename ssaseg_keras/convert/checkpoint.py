@@ -6,7 +6,6 @@ code from the file. PyTorch is needed only here and is imported when a file is r
 
 from __future__ import annotations
 
-import collections
 import os
 
 from ssaseg_keras.convert.reference import (
@@ -57,11 +56,6 @@ def read_torch_checkpoint(path) -> dict:
     if not arrays:
         raise CheckpointError(f"Checkpoint {path!r} holds no tensors (keys: {sorted(obj)[:10]}).")
     return arrays
-
-
-def counts_by_part(names):
-    """{"backbone": n, "decode_head": m, ...}: loaded names counted by their first component."""
-    return dict(collections.Counter(name.split(".", 1)[0] for name in names))
 
 
 def convert_checkpoint(path, recipe_or_model, strict=True, overrides=()):

@@ -13,6 +13,7 @@ that does not fit is an error that lists every offender by name. Buffers that ca
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -127,8 +128,23 @@ class LoadReport:
     def num_loaded(self):
         return len(self.loaded)
 
-    def summary(self):
-        return f"loaded {len(self.loaded)} reference weights, skipped {len(self.skipped)} buffers/names"
+    def describe(self):
+        """One line for users: 'loaded N weights (part: n, ...); not used: names; skipped K buffers
+        without weights' (what training and `convert` print after every load)."""
+        parts = ", ".join(f"{part}: {count}" for part, count in sorted(counts_by_part(self.loaded).items()))
+        text = f"loaded {self.num_loaded} weights ({parts})"
+        buffers = [n for n in self.skipped if any(fnmatch.fnmatchcase(n, p) for p in SKIPPED_BUFFERS)]
+        names = [n for n in self.skipped if n not in buffers]
+        if names:
+            text += f"; not used: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}"
+        if buffers:
+            text += f"; skipped {len(buffers)} buffers without weights"
+        return text
+
+
+def counts_by_part(names):
+    """{"backbone": n, "decode_head": m, ...}: loaded names counted by their first component."""
+    return dict(collections.Counter(name.split(".", 1)[0] for name in names))
 
 
 def to_numpy(value):
@@ -214,5 +230,5 @@ def load_reference_weights(
     for name, variable, value in assignments:
         variable.assign(value.astype(variable.dtype))
         report.loaded.append(name)
-    logger.info(report.summary())
+    logger.info(report.describe())
     return report

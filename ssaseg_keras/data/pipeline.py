@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 DECODED_SHUFFLE_BUFFER = 256  # shuffle buffer when whole decoded images are shuffled (cache, tfds)
 
 
-DATA_ERROR_MARKERS = ("decode", "image format", "jpeg", "png", "sizes differ", "iteratorgetnext", "no such file")
+# Words of TensorFlow's decode / read / size-check errors; any other error passes through unchanged.
+DATA_ERROR_MARKERS = ("decode", "image format", "jpeg", "png", "sizes differ", "no such file")
 
 
 @contextlib.contextmanager

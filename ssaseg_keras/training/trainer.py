@@ -197,22 +197,6 @@ def _duration(seconds):
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-def describe_load(report):
-    """'loaded N weights (part: n, ...); skipped M: names' for a `LoadReport`."""
-    from ssaseg_keras.convert.checkpoint import counts_by_part
-
-    parts = ", ".join(f"{part}: {count}" for part, count in sorted(counts_by_part(report.loaded).items()))
-    text = f"loaded {report.num_loaded} weights ({parts})"
-    buffers = [name for name in report.skipped if name.endswith(("num_batches_tracked", "empty_weight"))]
-    names = [name for name in report.skipped if name not in buffers]
-    if names:
-        shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-        text += f"; not used: {shown}"
-    if buffers:
-        text += f"; skipped {len(buffers)} buffers without weights"
-    return text
-
-
 def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
     """Train a validated recipe into `work_dir`; returns a summary dict.
 
@@ -248,7 +232,7 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
     model = build_training_model(recipe, load_pretrained=load_pretrained and not resume)
     report = getattr(model, "pretrained_report", None)
     if report is not None:
-        echo(f"pretrained backbone {recipe['model']['pretrained']}: {describe_load(report)}")
+        echo(f"pretrained backbone {recipe['model']['pretrained']}: {report.describe()}")
     start, best = 0, None
     if resume:
         checkpoint = ckpt.latest_checkpoint(work_dir)
