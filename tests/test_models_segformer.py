@@ -113,5 +113,7 @@ def test_local_mit_weights_file_loads_and_reports(tmp_path, segformer_b0):
     x = np.random.RandomState(4).randn(1, 64, 96, 3).astype("float32")
     for ours, theirs in zip(model.backbone(x), segformer_b0.backbone(x)):
         np.testing.assert_allclose(ops.convert_to_numpy(ours), ops.convert_to_numpy(theirs), atol=1e-5)
+    fresh = build_segmentor({"family": "segformer", "size": "b0", "num_classes": 7})  # no file: other weights
+    assert not np.allclose(ops.convert_to_numpy(fresh.backbone(x)[-1]), ops.convert_to_numpy(model.backbone(x)[-1]))
     with pytest.raises(CheckpointError, match="does not exist"):
         build_segmentor({"family": "segformer", "size": "b0", "num_classes": 7, "pretrained": str(tmp_path / "no.weights.h5")})
