@@ -42,3 +42,32 @@ def test_bilinear_with_dynamic_sizes_samples_like_torch(size):
     np.testing.assert_allclose(to_numpy(resize_bilinear(x, dynamic)), expected.numpy(), atol=2e-6)
     with pytest.raises(ValueError, match="static sizes"):
         resize_bilinear(x, dynamic, align_corners=True)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize("size", [(56, 72), (16, 20), (3, 4), (7, 9), (1, 1)])
+def test_bilinear_at_picks_the_resized_channel_like_torch(size, align_corners):
+    """`resize_bilinear_at` = F.interpolate(...)[b, i, j, channel[b, i, j]], value and gradient."""
+    from conftest import value_and_grad
+
+    from ssaseg_keras.ops import resize_bilinear_at
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, 7, 9, 5)).astype("float32")
+    channel = rng.integers(0, 5, size=(2,) + size).astype("int32")
+    weights = rng.normal(size=(2,) + size).astype("float32")
+    xt = torch.tensor(x, requires_grad=True)
+    full = torch.nn.functional.interpolate(
+        xt.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=align_corners
+    ).permute(0, 2, 3, 1)
+    picked = torch.gather(full, -1, torch.tensor(channel, dtype=torch.int64)[..., None])[..., 0]
+    (picked * torch.tensor(weights)).sum().backward()
+
+    from keras import ops
+
+    value, grad = value_and_grad(
+        lambda v: ops.sum(resize_bilinear_at(v, channel, size, align_corners) * ops.convert_to_tensor(weights)), x
+    )
+    np.testing.assert_allclose(to_numpy(resize_bilinear_at(x, channel, size, align_corners)), picked.detach().numpy(), atol=2e-6)
+    np.testing.assert_allclose(value, float((picked * torch.tensor(weights)).sum()), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), atol=1e-5)

@@ -1,7 +1,7 @@
 """Resizes that reproduce PyTorch's `F.interpolate` exactly, on every Keras backend.
 
 Bilinear resizing is written as two small interpolation matrices (built from the static shapes,
-constant-folded by the compilers) applied with `einsum`: out = A_h @ x @ A_w^T. This gives bit-for-bit the same
+constant-folded by the compilers) applied as matmuls: out = A_h @ x @ A_w^T. This gives bit-for-bit the same
 sampling positions as torch's `align_corners=False` (half-pixel centres, no antialiasing, clamped
 at the border) and `align_corners=True` on TensorFlow, JAX and PyTorch alike, is differentiable,
 compiles to matmuls, and works for up- and down-sampling. (`keras.ops.image.resize` antialiases
@@ -19,8 +19,9 @@ def _float32_scalar(value):
     return float(np.float32(value))
 
 
-def bilinear_matrix(in_size: int, out_size: int, align_corners: bool):
-    """(out_size, in_size) float32 tensor whose rows hold torch's 1-D linear interpolation weights.
+def bilinear_taps(in_size: int, out_size: int, align_corners: bool):
+    """torch's 1-D linear interpolation taps from static sizes: (lo, hi) int32 (out_size,) source
+    indices and the weight of `hi`, float32 (out_size,); output i = (1 - w) x[lo] + w x[hi].
 
     Built from `keras.ops` (not NumPy) so that it traces inside jit / XLA / torch.compile, where
     it is constant-folded.
@@ -34,7 +35,13 @@ def bilinear_matrix(in_size: int, out_size: int, align_corners: bool):
         src = ops.maximum((dst + 0.5) * _float32_scalar(in_size / out_size) - 0.5, 0.0)
     lo = ops.minimum(ops.cast(ops.floor(src), "int32"), in_size - 1)
     hi = ops.minimum(lo + 1, in_size - 1)
-    frac = (src - ops.cast(lo, "float32"))[:, None]
+    return lo, hi, src - ops.cast(lo, "float32")
+
+
+def bilinear_matrix(in_size: int, out_size: int, align_corners: bool):
+    """(out_size, in_size) float32 tensor whose rows hold torch's 1-D linear interpolation weights."""
+    lo, hi, frac = bilinear_taps(in_size, out_size, align_corners)
+    frac = frac[:, None]
     columns = ops.arange(in_size, dtype="int32")[None, :]
     lo_weight = ops.cast(ops.equal(lo[:, None], columns), "float32") * (1.0 - frac)
     hi_weight = ops.cast(ops.equal(hi[:, None], columns), "float32") * frac
@@ -65,9 +72,63 @@ def resize_bilinear(x, size, align_corners: bool = False):
         return x
     rows = ops.cast(bilinear_matrix(in_h, out_h, align_corners), x.dtype)
     cols = ops.cast(bilinear_matrix(in_w, out_w, align_corners), x.dtype)
-    x = ops.einsum("oh,bhwc->bowc", rows, x) if in_h != out_h else x
-    x = ops.einsum("pw,bhwc->bhpc", cols, x) if in_w != out_w else x
+    # Each axis is one broadcast matmul over a contiguous (B, in, W*C) view. The width axis needs the
+    # tensor transposed; transpose where it is smaller: before the height axis when upsampling (so
+    # an image-size tensor is never transposed or copied), after it when downsampling.
+    width_first = in_h <= out_h
+    if width_first and in_w != out_w:
+        x = _resize_width(x, cols)
+    if in_h != out_h:
+        x = _resize_height(x, rows)
+    if not width_first and in_w != out_w:
+        x = _resize_width(x, cols)
     return x
+
+
+def _resize_height(x, matrix):
+    """(B, H, W, C) -> (B, out, W, C) by an (out, H) interpolation matrix, as one matmul over the
+    contiguous (B, H, W*C) view (no transpose, no copy of x)."""
+    width, channels = x.shape[2], x.shape[3]
+    flat = ops.reshape(x, (-1, x.shape[1], width * channels))
+    return ops.reshape(ops.matmul(matrix, flat), (-1, matrix.shape[0], width, channels))
+
+
+def _resize_width(x, matrix):
+    """(B, H, W, C) -> (B, H, out, C): `_resize_height` between two transposes of H and W."""
+    swapped = ops.transpose(x, (0, 2, 1, 3))
+    return ops.transpose(_resize_height(swapped, matrix), (0, 2, 1, 3))
+
+
+def resize_bilinear_at(x, channel, size, align_corners: bool = False):
+    """One channel per output pixel of `resize_bilinear(x, size, align_corners)`, without the resize.
+
+    Returns (B, out_H, out_W) with `resize_bilinear(x, size, align_corners)[b, i, j, channel[b, i, j]]`,
+    interpolated from the four source pixels of x at that channel. A loss that needs the logit of
+    each pixel's label reads it here: gathering it from the image-size logits would make the gradient
+    an image-size scatter into zeros; this one scatters into x's (small) size.
+
+    Args:
+        x: (B, H, W, C); channel: (B, out_H, out_W) integer in [0, C) (clamp ignored labels first);
+        size: (out_H, out_W) Python ints.
+    """
+    in_h, in_w, channels = int(x.shape[1]), int(x.shape[2]), int(x.shape[3])
+    out_h, out_w = int(size[0]), int(size[1])
+    top, bottom, down = bilinear_taps(in_h, out_h, align_corners)
+    left, right, across = bilinear_taps(in_w, out_w, align_corners)
+    flat = ops.reshape(x, (-1,))
+    image_size = in_h * in_w * channels
+    channel = ops.reshape(ops.cast(channel, "int32"), (-1, out_h * out_w))
+    channel = channel + ops.arange(ops.shape(channel)[0], dtype="int32")[:, None] * image_size
+
+    def tap(rows, cols):
+        offset = ops.reshape((rows[:, None] * in_w + cols[None, :]) * channels, (1, out_h * out_w))
+        return ops.take(flat, offset + channel, axis=0)
+
+    down = ops.reshape(ops.cast(ops.broadcast_to(down[:, None], (out_h, out_w)), x.dtype), (1, -1))
+    across = ops.reshape(ops.cast(ops.broadcast_to(across[None, :], (out_h, out_w)), x.dtype), (1, -1))
+    upper = tap(top, left) * (1.0 - across) + tap(top, right) * across
+    lower = tap(bottom, left) * (1.0 - across) + tap(bottom, right) * across
+    return ops.reshape(upper * (1.0 - down) + lower * down, (-1, out_h, out_w))
 
 
 def nearest_legacy_indices(in_size: int, out_size: int):
