@@ -18,8 +18,14 @@ from __future__ import annotations
 from keras import ops
 
 from ssaseg_keras.layers.ssa import l2_normalize
-from ssaseg_keras.losses.segmentation import cross_entropy, dice_loss, label_one_hot
-from ssaseg_keras.ops.resize import downsample_labels, resize_bilinear
+from ssaseg_keras.losses.segmentation import (
+    class_pixel_counts,
+    cross_entropy,
+    dice_loss,
+    label_one_hot,
+    safe_labels,
+)
+from ssaseg_keras.ops.resize import downsample_labels, resize_bilinear, resize_bilinear_at
 
 LOSS_TERMS = (
     "main_ce",
@@ -192,15 +198,28 @@ def ssa_loss_terms(classifier, features, labels, student=None):
     teacher = classifier.forward_teacher(features, student["feat_pos"], labels_small)
 
     refined, coarse, teacher_logits = student["refined_logits"], student["coarse_logits"], teacher["logits"]
-    refined_up = resize_bilinear(refined, label_size, align_corners=True)
-    teacher_up = resize_bilinear(teacher_logits, label_size, align_corners=True)
+    num_classes = refined.shape[-1]
+    label_index = safe_labels(labels, num_classes)
+
+    def upsampled(logits, align_corners):
+        """Logits at label size, and each pixel's label logit read from the small logits."""
+        return (
+            resize_bilinear(logits, label_size, align_corners=align_corners),
+            resize_bilinear_at(logits, label_index, label_size, align_corners=align_corners),
+        )
+
+    refined_main, refined_main_picked = upsampled(refined, align_corners=False)
+    refined_up, refined_picked = upsampled(refined, align_corners=True)
+    coarse_up, coarse_picked = upsampled(coarse, align_corners=True)
+    teacher_up, teacher_picked = upsampled(teacher_logits, align_corners=True)
+    class_counts = class_pixel_counts(labels, num_classes)
     return {
-        "main_ce": cross_entropy(resize_bilinear(refined, label_size, align_corners=False), labels, "all"),
-        "coarse_ce": cross_entropy(resize_bilinear(coarse, label_size, align_corners=True), labels, "valid"),
-        "teacher_ce": cross_entropy(teacher_up, labels, "valid"),
+        "main_ce": cross_entropy(refined_main, labels, "all", picked=refined_main_picked),
+        "coarse_ce": cross_entropy(coarse_up, labels, "valid", picked=coarse_picked),
+        "teacher_ce": cross_entropy(teacher_up, labels, "valid", picked=teacher_picked),
         "response_distill": response_distillation(refined, teacher_logits, labels_small),
-        "dice_refined": dice_loss(refined_up, labels),
-        "dice_teacher": dice_loss(teacher_up, labels),
+        "dice_refined": dice_loss(refined_up, labels, class_counts, picked=refined_picked),
+        "dice_teacher": dice_loss(teacher_up, labels, class_counts, picked=teacher_picked),
         "semantic_distill": semantic_distillation(
             student["semantic_prototypes"], teacher["semantic"], classifier.scale
         ),
@@ -211,5 +230,7 @@ def ssa_loss_terms(classifier, features, labels, student=None):
 def baseline_loss_terms(logits, labels):
     """The plain classifier's loss (mmseg 0.30 decode head): half-pixel upsampling, CE over all pixels."""
     label_size = (int(labels.shape[1]), int(labels.shape[2]))
-    logits = resize_bilinear(ops.cast(logits, "float32"), label_size, align_corners=False)
-    return {"main_ce": cross_entropy(logits, labels, "all")}
+    logits = ops.cast(logits, "float32")
+    picked = resize_bilinear_at(logits, safe_labels(labels, logits.shape[-1]), label_size)
+    upsampled = resize_bilinear(logits, label_size, align_corners=False)
+    return {"main_ce": cross_entropy(upsampled, labels, "all", picked=picked)}
