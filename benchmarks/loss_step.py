@@ -1,0 +1,122 @@
+"""Time the training loss alone: SSA-Seg's eight terms (with the classifier and its teacher) next to
+the baseline's cross-entropy, forward and backward, from fixed decode-head features.
+
+This isolates what SSA adds after the decode head (the part the reference pays 3.1x for) from the
+backbone. Usage, on any backend:
+
+    KERAS_BACKEND=torch python benchmarks/loss_step.py --batch 2 --size 512 --iters 5
+
+Prints the median milliseconds of each, their ratio, and (JAX) XLA's cost analysis of each
+compiled function (FLOPs and bytes accessed, device-independent counts of the compiled graph).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import keras
+import numpy as np
+
+from ssaseg_keras.benchmark import device as dev
+from ssaseg_keras.benchmark.runner import random_batch
+from ssaseg_keras.layers import SSAClassifier
+from ssaseg_keras.losses import baseline_loss_terms, ssa_loss_terms
+
+
+def loss_and_grad_fn(classifier, kind):
+    """A callable (features, labels) -> (terms dict, gradients), compiled where the backend compiles."""
+
+    def terms(features, labels):
+        if kind == "baseline":
+            return baseline_loss_terms(classifier.conv_seg(features), labels)
+        student = classifier.forward_student(features, training=False)
+        return ssa_loss_terms(classifier, features, labels, student=student)
+
+    backend = keras.backend.backend()
+    variables = classifier.trainable_variables
+    if backend == "jax":
+        import jax
+
+        def total(values, features, labels):
+            with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                out = terms(features, labels)
+            return sum(out.values()), out
+
+        step = jax.jit(jax.value_and_grad(total, argnums=(0, 1), has_aux=True))
+        values = [v.value for v in variables]
+        return lambda f, y: step(values, f, y), step, values
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(jit_compile=True)
+        def step(features, labels):
+            with tf.GradientTape() as tape:
+                tape.watch(features)
+                out = terms(features, labels)
+                total = tf.add_n(list(out.values()))
+            return out, tape.gradient(total, [features] + [v.value for v in variables])
+
+        return step, None, None
+
+    def step(features, labels):
+        features = features.detach().requires_grad_(True)
+        out = terms(features, labels)
+        sum(out.values()).backward()
+        return out, features.grad
+
+    return step, None, None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--size", type=int, default=512, help="label (image) size; features are size/8")
+    parser.add_argument("--classes", type=int, default=171)
+    parser.add_argument("--channels", type=int, default=256, help="decode-head channels (SegNeXt-T: 256)")
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    args = parser.parse_args()
+
+    keras.utils.set_random_seed(0)
+    small = args.size // 8
+    _, labels = random_batch(args.batch, (args.size, args.size), args.classes)
+    features = np.random.default_rng(0).standard_normal((args.batch, small, small, args.channels))
+    features = keras.ops.convert_to_tensor(features.astype("float32"))
+    labels = keras.ops.convert_to_tensor(labels)
+    classifier = SSAClassifier(args.classes)
+    classifier.build((None, small, small, args.channels))
+
+    kind_device = dev.accelerator()[1]
+    print(f"backend {keras.backend.backend()} {dev.backend_version()}  device {kind_device}")
+    print(f"batch {args.batch}  labels {args.size}x{args.size}  features {small}x{small}x{args.channels}"
+          f"  classes {args.classes}  float32  median of {args.iters} after {args.warmup}")
+    medians = {}
+    for kind in ("ssa", "baseline"):
+        call, jitted, values = loss_and_grad_fn(classifier, kind)
+
+        def run(call=call):
+            out = call(features, labels)
+            dev.synchronize(out)
+            return out
+
+        for _ in range(args.warmup):
+            run()
+        samples = []
+        for _ in range(args.iters):
+            start = time.perf_counter()
+            run()
+            samples.append((time.perf_counter() - start) * 1e3)
+        medians[kind] = statistics.median(samples)
+        line = f"{kind:9s} loss forward+backward {medians[kind]:9.1f} ms"
+        if jitted is not None:
+            cost = jitted.lower(values, features, labels).compile().cost_analysis()
+            cost = cost[0] if isinstance(cost, list) else cost
+            line += f"   XLA: {cost.get('flops', 0) / 1e9:.1f} GFLOP, {cost.get('bytes accessed', 0) / 1e9:.2f} GB accessed"
+        print(line, flush=True)
+    print(f"ratio SSA / baseline: {medians['ssa'] / medians['baseline']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
