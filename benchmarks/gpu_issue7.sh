@@ -1,0 +1,36 @@
+#!/bin/bash
+# Issue 7's GPU rows in one device call per backend (each fits the device tool's 10-minute limit).
+#
+#   ../shared/tools/gpu-wheels          # once, on the development machine: fills the ignored .whl/
+#   run (device tool), carry [".whl"]:  bash benchmarks/gpu_issue7.sh jax     # then: ... torch
+#
+# Installs Keras & co. from .whl/ (the GPU machine has torch, JAX and CUDA but no Keras and no
+# TensorFlow), then runs `ssaseg-keras benchmark` (SegNeXt-T, 171 classes, batch 16, 512x512) in both
+# precisions and `benchmarks/loss_step.py`, writing logs and JSON under $OUT (default: ./gpu_out).
+set -u
+backend=${1:?usage: gpu_issue7.sh jax|torch}
+out=${OUT:-gpu_out}
+mkdir -p "$out"
+batch=${BATCH:-16} size=${SIZE:-512} iters=${ITERS:-20} warmup=${WARMUP:-10}  # smaller: a smoke run
+if [ -z "${SKIP_INSTALL:-}" ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  export PYTHONPATH=/tmp/site:$PWD
+fi
+export KERAS_BACKEND=$backend
+# The console script is not installed here: the CLI package is cli/ under its installed name.
+ln -sfn cli ssaseg_keras_cli
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv > "$out/gpu.txt" 2>&1
+
+case $backend in
+  jax) precisions="mixed_bfloat16 float32" ;;
+  torch) precisions="mixed_float16 float32" ;;
+  *) echo "backend must be jax or torch" >&2; exit 2 ;;
+esac
+for precision in $precisions; do
+  python3 -c "from ssaseg_keras_cli.main import main; main()" benchmark recipes/segnext_t_coco.yaml \
+    --batch "$batch" --size "$size" --iters "$iters" --warmup "$warmup" --precision "$precision" \
+    --json "$out/${backend}_${precision}.json" 2>&1 | tee "$out/${backend}_${precision}.log" | tail -n 16
+done
+python3 benchmarks/loss_step.py --batch "$batch" --size "$size" --iters "$iters" --warmup "$warmup" 2>&1 \
+  | tee "$out/${backend}_loss_step.log" | tail -n 5
+rm -f ssaseg_keras_cli
