@@ -15,10 +15,15 @@ IGNORE_INDEX = 255
 FLOAT32_EPS = 1.1920928955078125e-07
 
 
+def labels_in_range(labels, num_classes):
+    """bool mask, True where 0 <= label < num_classes (every other value is ignored)."""
+    labels = ops.cast(labels, "int32")
+    return ops.logical_and(labels >= 0, labels < num_classes)
+
+
 def valid_label_mask(labels, num_classes):
     """float32 mask, 1 where 0 <= label < num_classes."""
-    labels = ops.cast(labels, "int32")
-    return ops.cast(ops.logical_and(labels >= 0, labels < num_classes), "float32")
+    return ops.cast(labels_in_range(labels, num_classes), "float32")
 
 
 def label_one_hot(labels, num_classes):
@@ -29,8 +34,7 @@ def label_one_hot(labels, num_classes):
 
 def safe_labels(labels, num_classes):
     """(B, H, W) int32 labels with the ignored ones (outside [0, K)) replaced by 0, for gathers."""
-    labels = ops.cast(labels, "int32")
-    return ops.where(ops.logical_and(labels >= 0, labels < num_classes), labels, 0)
+    return ops.where(labels_in_range(labels, num_classes), ops.cast(labels, "int32"), 0)
 
 
 def label_logits(logits, labels):
@@ -88,7 +92,7 @@ def class_pixel_sums(values, labels, num_classes):
     rows = -(-num_classes // cols)
     labels = ops.reshape(ops.cast(labels, "int32"), (ops.shape(labels)[0], -1))
     values = ops.reshape(ops.cast(values, "float32"), (ops.shape(labels)[0], -1))
-    valid = ops.logical_and(labels >= 0, labels < num_classes)
+    valid = labels_in_range(labels, num_classes)
     row = ops.where(valid, labels // cols, rows)  # `rows` matches no one-hot column: a zero row
     col = ops.where(valid, labels % cols, 0)
     row_hot = ops.cast(ops.equal(row[..., None], ops.arange(rows, dtype="int32")), "float32")
