@@ -13,6 +13,7 @@ out=${OUT:-gpu_out}
 mkdir -p "$out"
 batch=${BATCH:-16} size=${SIZE:-512} iters=${ITERS:-20} warmup=${WARMUP:-10}  # smaller: a smoke run
 if [ -z "${SKIP_INSTALL:-}" ]; then
+  ls .whl/*.whl > /dev/null 2>&1 || { echo "no wheels in .whl/: run ../shared/tools/gpu-wheels first and carry .whl" >&2; exit 2; }
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   export PYTHONPATH=/tmp/site:$PWD
 fi

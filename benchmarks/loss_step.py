@@ -13,20 +13,19 @@ compiled function (FLOPs and bytes accessed, device-independent counts of the co
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import keras
 import numpy as np
 
 from ssaseg_keras.benchmark import device as dev
-from ssaseg_keras.benchmark.runner import random_batch
+from ssaseg_keras.benchmark.runner import median_ms, random_batch
 from ssaseg_keras.layers import SSAClassifier
 from ssaseg_keras.losses import baseline_loss_terms, ssa_loss_terms
 
 
 def loss_and_grad_fn(classifier, kind):
-    """A callable (features, labels) -> (terms dict, gradients), compiled where the backend compiles."""
+    """(call, jitted, values): call(features, labels) -> (terms dict, gradients), compiled where the
+    backend compiles; on JAX also the jitted function and its variable values (for cost analysis)."""
 
     def terms(features, labels):
         if kind == "baseline":
@@ -46,7 +45,12 @@ def loss_and_grad_fn(classifier, kind):
 
         step = jax.jit(jax.value_and_grad(total, argnums=(0, 1), has_aux=True))
         values = [v.value for v in variables]
-        return lambda f, y: step(values, f, y), step, values
+
+        def call(features, labels):
+            (_, out), grads = step(values, features, labels)
+            return out, grads
+
+        return call, step, values
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -78,6 +82,8 @@ def main():
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
+    if args.size < 8 or args.size % 8:
+        parser.error(f"--size {args.size}: must be a positive multiple of 8 (features are size/8)")
 
     keras.utils.set_random_seed(0)
     small = args.size // 8
@@ -97,18 +103,12 @@ def main():
         call, jitted, values = loss_and_grad_fn(classifier, kind)
 
         def run(call=call):
-            out = call(features, labels)
-            dev.synchronize(out)
-            return out
+            # Reading the eight loss scalars waits for the step (one compiled program on JAX and
+            # TensorFlow; torch.cuda.synchronize on PyTorch) without copying gradients to the host.
+            terms, _ = call(features, labels)
+            dev.synchronize(terms)
 
-        for _ in range(args.warmup):
-            run()
-        samples = []
-        for _ in range(args.iters):
-            start = time.perf_counter()
-            run()
-            samples.append((time.perf_counter() - start) * 1e3)
-        medians[kind] = statistics.median(samples)
+        medians[kind], _ = median_ms(run, args.iters, args.warmup)
         line = f"{kind:9s} loss forward+backward {medians[kind]:9.1f} ms"
         if jitted is not None:
             cost = jitted.lower(values, features, labels).compile().cost_analysis()

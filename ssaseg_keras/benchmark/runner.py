@@ -51,7 +51,7 @@ class ArgmaxModel(keras.Model):
         return keras.ops.argmax(self.segmentor(images, training=False), axis=-1)
 
 
-def _median_ms(fn, iters, warmup):
+def median_ms(fn, iters, warmup):
     """(median ms, all samples ms) of `fn()`, which must return only when the device is done."""
     for _ in range(warmup):
         fn()
@@ -93,7 +93,7 @@ def measure_model(recipe, batch, size, iters, warmup, echo=None):
 
     say(f"[{label}] training step: compiling and {warmup} warm-up + {iters} timed steps ...")
     reset = dev.reset_peak_memory()
-    train_ms, train_samples = _median_ms(train_step, iters, warmup)
+    train_ms, train_samples = median_ms(train_step, iters, warmup)
     logs = train_step()
     if not np.isfinite(float(logs["loss"])):
         raise UserError(
@@ -128,8 +128,8 @@ def measure_model(recipe, batch, size, iters, warmup, echo=None):
 
     say(f"[{label}] inference: batch 1 latency and batch {batch} throughput ...")
     dev.reset_peak_memory()
-    latency_ms, latency_samples = _median_ms(predict(one), iters, warmup)
-    throughput_ms, _ = _median_ms(predict(x), iters, warmup)
+    latency_ms, latency_samples = median_ms(predict(one), iters, warmup)
+    throughput_ms, _ = median_ms(predict(x), iters, warmup)
     prediction = predict(one)()
     if tuple(prediction.shape) != (1, size[0], size[1]):
         raise RuntimeError(f"unexpected prediction shape {prediction.shape}")
