@@ -36,6 +36,9 @@ def run_main(*args):
 
 
 def make_checkpoint(work_dir):
+    """A seeded, untrained tiny model: seeded so the served label map is never constant by chance."""
+    import keras
+
     from ssaseg_keras.models import build_segmentor
     from ssaseg_keras.recipes import validate_recipe
     from ssaseg_keras.training.checkpoint import save_checkpoint
@@ -46,6 +49,7 @@ def make_checkpoint(work_dir):
             "data": {"source": "synthetic", "num_classes": NUM_CLASSES},
         }
     )
+    keras.utils.set_random_seed(7)
     model = build_segmentor(recipe["model"], load_pretrained=False, training=True)
     return save_checkpoint(work_dir, model, None, 2, recipe)
 
