@@ -9,7 +9,8 @@ keras-cv's MiT) are matched on their Keras path.
 
 `GroupedAdamW` is Keras' AdamW with a learning-rate and a weight-decay multiplier per variable:
 the multiplier scales Adam's *step* (scaling gradients would not, Adam being scale-invariant), and
-the decoupled decay uses the group's learning rate, as torch's AdamW does.
+the decoupled decay uses the group's learning rate, as torch's AdamW does. Updates run once per group
+through Keras' own backend update, so PyTorch gets Keras' multi-tensor (foreach) Adam.
 """
 
 from __future__ import annotations
@@ -115,8 +116,25 @@ class WarmupPolyDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
+def _backend_adamw():
+    """Keras' AdamW class as this backend runs it.
+
+    On PyTorch, `keras.optimizers.AdamW(...)` returns Keras' multi-tensor (`torch._foreach_*`)
+    subclass, but only for AdamW itself, not for its subclasses; deriving from that class gives
+    GroupedAdamW the same update (a few ops per group instead of ~10 eager ops per variable; see
+    BENCHMARKS.md). JAX and TensorFlow compile the per-variable update, so the public class serves.
+    """
+    if keras.backend.backend() == "torch":
+        try:
+            from keras.src.backend.torch.optimizers.torch_adamw import AdamW
+        except ImportError:  # a Keras that moved it: the per-variable update still works
+            return keras.optimizers.AdamW
+        return AdamW
+    return keras.optimizers.AdamW
+
+
 @keras.saving.register_keras_serializable(package="ssaseg_keras")
-class GroupedAdamW(keras.optimizers.AdamW):
+class GroupedAdamW(_backend_adamw()):
     """AdamW with per-variable learning-rate and weight-decay multipliers.
 
     Args:
@@ -138,23 +156,38 @@ class GroupedAdamW(keras.optimizers.AdamW):
         index = self._get_variable_index(variable)
         return self._lr_mults[index], self._decay_mults[index]
 
-    def update_step(self, gradient, variable, learning_rate):
-        lr_mult, _ = self._multipliers(variable)
-        if lr_mult != 1.0:
-            learning_rate = ops.cast(learning_rate, variable.dtype) * lr_mult
-        return super().update_step(gradient, variable, learning_rate)
+    def _grouped(self, variables, key, *others):
+        """{key(lr_mult, decay_mult): ([variables], [others...])}, in first-seen order."""
+        groups = {}
+        for position, variable in enumerate(variables):
+            group = groups.setdefault(key(*self._multipliers(variable)), ([], *([] for _ in others)))
+            group[0].append(variable)
+            for into, values in zip(group[1:], others):
+                into.append(values[position])
+        return groups
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # One call of Keras' backend update per learning-rate group: on PyTorch that is Keras' foreach
+        # (multi-tensor) Adam over the whole group instead of ~10 small ops per variable.
+        groups = self._grouped(trainable_variables, lambda lr_mult, _: lr_mult, grads)
+        for lr_mult, (variables, group_grads) in groups.items():
+            group_lr = learning_rate if lr_mult == 1.0 else learning_rate * lr_mult
+            super()._backend_update_step(group_grads, variables, group_lr)
 
     def _apply_weight_decay(self, variables):
-        # Decoupled decay with the group's learning rate: p -= lr * lr_mult * wd * decay_mult * p.
+        # Decoupled decay with the group's learning rate: p -= lr * (wd * lr_mult * decay_mult) * p,
+        # done by Keras' backend decay (a foreach on PyTorch) once per distinct factor.
         if self.weight_decay is None:
             return
-        for variable in variables:
-            lr_mult, decay_mult = self._multipliers(variable)
-            if decay_mult == 0.0 or not self._use_weight_decay(variable):
-                continue
-            lr = ops.cast(self.learning_rate, variable.dtype)
-            factor = lr * (self.weight_decay * lr_mult * decay_mult)
-            variable.assign(variable - variable * factor)
+        base = self.weight_decay
+        groups = self._grouped(variables, lambda lr_mult, decay_mult: lr_mult * decay_mult)
+        try:
+            for factor, (group,) in groups.items():
+                if factor != 0.0:
+                    self.weight_decay = base * factor
+                    super()._apply_weight_decay(group)
+        finally:
+            self.weight_decay = base
 
     def get_config(self):
         return {**super().get_config(), "groups": {k: list(v) for k, v in self.groups.items()}}
