@@ -6,7 +6,8 @@
 #
 # Installs Keras & co. from .whl/ (the GPU machine has torch, JAX and CUDA but no Keras and no
 # TensorFlow), then runs `ssaseg-keras benchmark` (SegNeXt-T, 171 classes, batch 16, 512x512) in both
-# precisions and `benchmarks/loss_step.py`, writing logs and JSON under $OUT (default: ./gpu_out).
+# precisions and `benchmarks/loss_step.py` with both resize methods, writing logs and JSON under
+# $OUT (default: ./gpu_out).
 set -u
 backend=${1:?usage: gpu_issue7.sh jax|torch}
 out=${OUT:-gpu_out}
@@ -32,6 +33,8 @@ for precision in $precisions; do
     --batch "$batch" --size "$size" --iters "$iters" --warmup "$warmup" --precision "$precision" \
     --json "$out/${backend}_${precision}.json" 2>&1 | tee "$out/${backend}_${precision}.log" | tail -n 16
 done
-python3 benchmarks/loss_step.py --batch "$batch" --size "$size" --iters "$iters" --warmup "$warmup" 2>&1 \
-  | tee "$out/${backend}_loss_step.log" | tail -n 5
+for resize in matmul gather; do  # the losses' upsampling: dense matmuls (default) or two-tap gathers
+  python3 benchmarks/loss_step.py --batch "$batch" --size "$size" --iters "$iters" --warmup "$warmup" \
+    --resize "$resize" 2>&1 | tee "$out/${backend}_loss_step_${resize}.log" | tail -n 5
+done
 rm -f ssaseg_keras_cli

@@ -8,11 +8,14 @@ backbone. Usage, on any backend:
 
 Prints the median milliseconds of each, their ratio, and (JAX) XLA's cost analysis of each
 compiled function (FLOPs and bytes accessed, device-independent counts of the compiled graph).
+`--resize gather` runs the losses' upsampling with `resize_bilinear(..., method="gather")` instead
+of the default dense matmuls (same sampling), to compare the two on a device.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 
 import keras
 import numpy as np
@@ -21,6 +24,7 @@ from ssaseg_keras.benchmark import device as dev
 from ssaseg_keras.benchmark.runner import median_ms, random_batch
 from ssaseg_keras.layers import SSAClassifier
 from ssaseg_keras.losses import baseline_loss_terms, ssa_loss_terms
+from ssaseg_keras.ops import resize as resize_ops
 
 
 def loss_and_grad_fn(classifier, kind):
@@ -81,10 +85,16 @@ def main():
     parser.add_argument("--channels", type=int, default=256, help="decode-head channels (SegNeXt-T: 256)")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--resize", choices=resize_ops.RESIZE_METHODS, default="matmul",
+                        help="how the losses upsample logits to label size")  # fmt: skip
     args = parser.parse_args()
     if args.size < 8 or args.size % 8:
         parser.error(f"--size {args.size}: must be a positive multiple of 8 (features are size/8)")
 
+    if args.resize != "matmul":
+        import ssaseg_keras.losses.ssa as loss_module
+
+        loss_module.resize_bilinear = functools.partial(resize_ops.resize_bilinear, method=args.resize)
     keras.utils.set_random_seed(0)
     small = args.size // 8
     _, labels = random_batch(args.batch, (args.size, args.size), args.classes)
@@ -97,7 +107,7 @@ def main():
     kind_device = dev.accelerator()[1]
     print(f"backend {keras.backend.backend()} {dev.backend_version()}  device {kind_device}")
     print(f"batch {args.batch}  labels {args.size}x{args.size}  features {small}x{small}x{args.channels}"
-          f"  classes {args.classes}  float32  median of {args.iters} after {args.warmup}")
+          f"  classes {args.classes}  float32  resize {args.resize}  median of {args.iters} after {args.warmup}")
     medians = {}
     for kind in ("ssa", "baseline"):
         call, jitted, values = loss_and_grad_fn(classifier, kind)

@@ -11,14 +11,21 @@ from ssaseg_keras.ops import downsample_labels, resize_bilinear
 torch = pytest.importorskip("torch")
 
 
+@pytest.mark.parametrize("method", ["matmul", "gather"])
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("size", [(16, 20), (3, 4), (7, 30), (20, 5), (1, 1), (14, 18)])
-def test_bilinear_matches_torch(size, align_corners):
+def test_bilinear_matches_torch(size, align_corners, method):
     x = np.random.default_rng(0).normal(size=(2, 7, 9, 3)).astype("float32")
     expected = torch.nn.functional.interpolate(
         torch.tensor(x).permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=align_corners
     ).permute(0, 2, 3, 1)
-    np.testing.assert_allclose(to_numpy(resize_bilinear(x, size, align_corners)), expected.numpy(), atol=2e-6)
+    resized = resize_bilinear(x, size, align_corners, method=method)
+    np.testing.assert_allclose(to_numpy(resized), expected.numpy(), atol=2e-6)
+
+
+def test_bilinear_names_an_unknown_method():
+    with pytest.raises(ValueError, match="method='bicubic', expected one of"):
+        resize_bilinear(np.zeros((1, 2, 2, 1), "float32"), (4, 4), method="bicubic")
 
 
 @pytest.mark.parametrize("shape", [(37, 50, 16, 16), (64, 64, 16, 16), (100, 77, 13, 9), (10, 10, 30, 7)])

@@ -48,19 +48,27 @@ def bilinear_matrix(in_size: int, out_size: int, align_corners: bool):
     return lo_weight + hi_weight
 
 
-def resize_bilinear(x, size, align_corners: bool = False):
+RESIZE_METHODS = ("matmul", "gather")
+
+
+def resize_bilinear(x, size, align_corners: bool = False, method: str = "matmul"):
     """Bilinear resize of a channels-last batch.
 
     Args:
         x: (B, H, W, C) tensor.
-        size: (out_H, out_W): Python ints (interpolation matrices), or dynamic sizes
-            (e.g. `ops.shape(y)[1:3]` in a graph with unknown sizes; `resize_logits` then).
+        size: (out_H, out_W): Python ints, or dynamic sizes (e.g. `ops.shape(y)[1:3]` in a graph
+            with unknown sizes; `resize_logits` then, whatever the method).
         align_corners: torch's `align_corners` (False = half-pixel centres).
+        method: "matmul" (two dense interpolation matmuls: tensor cores, no gathers, but about
+            in_size/2 times the multiply-adds) or "gather" (two taps per axis: element-wise ops
+            that a compiler may fuse into the consumer). The same sampling; see BENCHMARKS.md.
 
     Returns:
         (B, out_H, out_W, C) tensor in x's dtype (cast logits to float32 first when they feed a
         loss).
     """
+    if method not in RESIZE_METHODS:
+        raise ValueError(f"resize_bilinear: method={method!r}, expected one of {RESIZE_METHODS}")
     sizes = (x.shape[1], x.shape[2], size[0], size[1])
     if not all(isinstance(v, (int, np.integer)) for v in sizes):
         # A traced graph with unknown sizes (a SavedModel serving any image size): gathers.
@@ -70,6 +78,9 @@ def resize_bilinear(x, size, align_corners: bool = False):
     in_h, in_w, out_h, out_w = (int(v) for v in sizes)
     if (in_h, in_w) == (out_h, out_w):
         return x
+    if method == "gather":
+        x = _interpolate_axis(x, 2, *bilinear_taps(in_w, out_w, align_corners))
+        return _interpolate_axis(x, 1, *bilinear_taps(in_h, out_h, align_corners))
     rows = ops.cast(bilinear_matrix(in_h, out_h, align_corners), x.dtype)
     cols = ops.cast(bilinear_matrix(in_w, out_w, align_corners), x.dtype)
     # Each axis is one broadcast matmul over a contiguous (B, in, W*C) view. The width axis needs the
@@ -83,6 +94,13 @@ def resize_bilinear(x, size, align_corners: bool = False):
     if not width_first and in_w != out_w:
         x = _resize_width(x, cols)
     return x
+
+
+def _interpolate_axis(x, axis, lo, hi, frac):
+    """(1 - frac) x[lo] + frac x[hi] along `axis` (1 or 2) of a (B, H, W, C) tensor."""
+    frac = ops.cast(frac, x.dtype)
+    frac = frac[None, :, None, None] if axis == 1 else frac[None, None, :, None]
+    return ops.take(x, lo, axis=axis) * (1.0 - frac) + ops.take(x, hi, axis=axis) * frac
 
 
 def _resize_height(x, matrix):
@@ -172,9 +190,5 @@ def resize_logits(logits, height, width):
     `resize_bilinear(..., align_corners=False)` (half-pixel centres, no antialias), written as two
     gathers so that every size may be dynamic (TF graphs over images of varying size)."""
     shape = ops.shape(logits)
-    lo, hi, frac = _linear_taps(shape[1], height)
-    frac = ops.cast(frac, logits.dtype)[None, :, None, None]
-    logits = ops.take(logits, lo, axis=1) * (1.0 - frac) + ops.take(logits, hi, axis=1) * frac
-    lo, hi, frac = _linear_taps(shape[2], width)
-    frac = ops.cast(frac, logits.dtype)[None, None, :, None]
-    return ops.take(logits, lo, axis=2) * (1.0 - frac) + ops.take(logits, hi, axis=2) * frac
+    logits = _interpolate_axis(logits, 1, *_linear_taps(shape[1], height))
+    return _interpolate_axis(logits, 2, *_linear_taps(shape[2], width))
