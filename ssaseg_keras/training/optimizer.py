@@ -156,36 +156,36 @@ class GroupedAdamW(_backend_adamw()):
         index = self._get_variable_index(variable)
         return self._lr_mults[index], self._decay_mults[index]
 
-    def _grouped(self, variables, key, *others):
-        """{key(lr_mult, decay_mult): ([variables], [others...])}, in first-seen order."""
+    def _positions_by(self, variables, key):
+        """{key(lr_mult, decay_mult): [positions in `variables`]}, in first-seen order."""
         groups = {}
         for position, variable in enumerate(variables):
-            group = groups.setdefault(key(*self._multipliers(variable)), ([], *([] for _ in others)))
-            group[0].append(variable)
-            for into, values in zip(group[1:], others):
-                into.append(values[position])
+            groups.setdefault(key(*self._multipliers(variable)), []).append(position)
         return groups
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         # One call of Keras' backend update per learning-rate group: on PyTorch that is Keras' foreach
         # (multi-tensor) Adam over the whole group instead of ~10 small ops per variable.
-        groups = self._grouped(trainable_variables, lambda lr_mult, _: lr_mult, grads)
-        for lr_mult, (variables, group_grads) in groups.items():
-            group_lr = learning_rate if lr_mult == 1.0 else learning_rate * lr_mult
-            super()._backend_update_step(group_grads, variables, group_lr)
+        for lr_mult, positions in self._positions_by(trainable_variables, lambda lr, _: lr).items():
+            super()._backend_update_step(
+                [grads[i] for i in positions],
+                [trainable_variables[i] for i in positions],
+                learning_rate if lr_mult == 1.0 else learning_rate * lr_mult,
+            )
 
     def _apply_weight_decay(self, variables):
         # Decoupled decay with the group's learning rate: p -= lr * (wd * lr_mult * decay_mult) * p,
-        # done by Keras' backend decay (a foreach on PyTorch) once per distinct factor.
+        # done by Keras' backend decay (a foreach on PyTorch) once per distinct factor; Keras' decay
+        # reads `self.weight_decay`, so it is set to each group's factor in turn.
         if self.weight_decay is None:
             return
         base = self.weight_decay
-        groups = self._grouped(variables, lambda lr_mult, decay_mult: lr_mult * decay_mult)
+        groups = self._positions_by(variables, lambda lr_mult, decay_mult: lr_mult * decay_mult)
         try:
-            for factor, (group,) in groups.items():
+            for factor, positions in groups.items():
                 if factor != 0.0:
                     self.weight_decay = base * factor
-                    super()._apply_weight_decay(group)
+                    super()._apply_weight_decay([variables[i] for i in positions])
         finally:
             self.weight_decay = base
 
