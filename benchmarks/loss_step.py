@@ -8,14 +8,13 @@ backbone. Usage, on any backend:
 
 Prints the median milliseconds of each, their ratio, and (JAX) XLA's cost analysis of each
 compiled function (FLOPs and bytes accessed, device-independent counts of the compiled graph).
-`--resize gather` runs the losses' upsampling with `resize_bilinear(..., method="gather")` instead
-of the default dense matmuls (same sampling), to compare the two on a device.
+`--resize gather` runs the losses' upsampling with two-tap gathers instead of the default dense
+matmuls (the losses' `resize_method`; the same sampling), to compare the two on a device.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 
 import keras
 import numpy as np
@@ -27,15 +26,15 @@ from ssaseg_keras.losses import baseline_loss_terms, ssa_loss_terms
 from ssaseg_keras.ops import resize as resize_ops
 
 
-def loss_and_grad_fn(classifier, kind):
+def loss_and_grad_fn(classifier, kind, resize_method):
     """(call, jitted, values): call(features, labels) -> (terms dict, gradients), compiled where the
     backend compiles; on JAX also the jitted function and its variable values (for cost analysis)."""
 
     def terms(features, labels):
         if kind == "baseline":
-            return baseline_loss_terms(classifier.conv_seg(features), labels)
+            return baseline_loss_terms(classifier.conv_seg(features), labels, resize_method=resize_method)
         student = classifier.forward_student(features, training=False)
-        return ssa_loss_terms(classifier, features, labels, student=student)
+        return ssa_loss_terms(classifier, features, labels, student=student, resize_method=resize_method)
 
     backend = keras.backend.backend()
     variables = classifier.trainable_variables
@@ -91,10 +90,6 @@ def main():
     if args.size < 8 or args.size % 8:
         parser.error(f"--size {args.size}: must be a positive multiple of 8 (features are size/8)")
 
-    if args.resize != "matmul":
-        import ssaseg_keras.losses.ssa as loss_module
-
-        loss_module.resize_bilinear = functools.partial(resize_ops.resize_bilinear, method=args.resize)
     keras.utils.set_random_seed(0)
     small = args.size // 8
     _, labels = random_batch(args.batch, (args.size, args.size), args.classes)
@@ -110,7 +105,7 @@ def main():
           f"  classes {args.classes}  float32  resize {args.resize}  median of {args.iters} after {args.warmup}")
     medians = {}
     for kind in ("ssa", "baseline"):
-        call, jitted, values = loss_and_grad_fn(classifier, kind)
+        call, jitted, values = loss_and_grad_fn(classifier, kind, args.resize)
 
         def run(call=call):
             # Reading the eight loss scalars waits for the step (one compiled program on JAX and

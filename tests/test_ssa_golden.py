@@ -61,9 +61,11 @@ def test_teacher_path_matches_reference(golden_head, golden_layer):
     assert relative_error(to_numpy(teacher["logits"]), nchw_to_nhwc(golden_head["out/teacher_logits"])) < 1e-5
 
 
-def test_losses_match_reference(golden_head, golden_layer):
+@pytest.mark.parametrize("resize_method", ["matmul", "gather"])
+def test_losses_match_reference(golden_head, golden_layer, resize_method):
     features = nchw_to_nhwc(golden_head["input/feat"])
-    terms = ssa_loss_terms(golden_layer, features, golden_head["input/labels"].astype("int32"))
+    labels = golden_head["input/labels"].astype("int32")
+    terms = ssa_loss_terms(golden_layer, features, labels, resize_method=resize_method)
     assert sorted(terms) == sorted(LOSS_TERMS)
     for name in EXACT_TERMS:
         ours, ref = float(to_numpy(terms[name])), float(golden_head[f"loss/{name}"])
@@ -115,11 +117,13 @@ def test_canny_edges_equal_opencv_on_random_label_maps():
             np.testing.assert_array_equal(found, expected, err_msg=str(labels))
 
 
-def test_feature_gradient_matches_reference(golden_head, golden_layer):
+@pytest.mark.parametrize("resize_method", ["matmul", "gather"])
+def test_feature_gradient_matches_reference(golden_head, golden_layer, resize_method):
     labels = golden_head["input/labels"].astype("int32")
 
     def total_loss(features):
-        return ops.sum(ops.stack(list(ssa_loss_terms(golden_layer, features, labels).values())))
+        terms = ssa_loss_terms(golden_layer, features, labels, resize_method=resize_method)
+        return ops.sum(ops.stack(list(terms.values())))
 
     _, grad = value_and_grad(total_loss, nchw_to_nhwc(golden_head["input/feat"]))
     ref = nchw_to_nhwc(golden_head["out/grad_feat"])

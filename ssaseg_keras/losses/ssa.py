@@ -176,7 +176,7 @@ def spatial_distillation(spatial, teacher_spatial):
     return SPATIAL_DISTILL_WEIGHT * ops.mean(-ops.sum(target * ops.log_softmax(spatial, axis=-1), axis=-1))
 
 
-def ssa_loss_terms(classifier, features, labels, student=None):
+def ssa_loss_terms(classifier, features, labels, student=None, resize_method="matmul"):
     """All eight SSA-Seg training losses.
 
     Args:
@@ -186,6 +186,8 @@ def ssa_loss_terms(classifier, features, labels, student=None):
             ignore.
         student: optional output of `classifier.forward_student(features, training=True)` already
             computed by the model's forward pass (it is recomputed, without dropout, if omitted).
+        resize_method: how logits are upsampled to label size (`resize_bilinear`'s `method`: the
+            same sampling either way; `benchmarks/loss_step.py --resize` compares their speed).
 
     Returns:
         dict of the eight float32 scalars named in `LOSS_TERMS`; their sum is the training loss.
@@ -204,7 +206,7 @@ def ssa_loss_terms(classifier, features, labels, student=None):
     def upsampled(logits, align_corners):
         """Logits at label size, and each pixel's label logit read from the small logits."""
         return (
-            resize_bilinear(logits, label_size, align_corners=align_corners),
+            resize_bilinear(logits, label_size, align_corners=align_corners, method=resize_method),
             resize_bilinear_at(logits, label_index, label_size, align_corners=align_corners),
         )
 
@@ -227,10 +229,11 @@ def ssa_loss_terms(classifier, features, labels, student=None):
     }
 
 
-def baseline_loss_terms(logits, labels):
-    """The plain classifier's loss (mmseg 0.30 decode head): half-pixel upsampling, CE over all pixels."""
+def baseline_loss_terms(logits, labels, resize_method="matmul"):
+    """The plain classifier's loss (mmseg 0.30 decode head): half-pixel upsampling, CE over all pixels.
+    `resize_method` as in `ssa_loss_terms`."""
     label_size = (int(labels.shape[1]), int(labels.shape[2]))
     logits = ops.cast(logits, "float32")
     picked = resize_bilinear_at(logits, safe_labels(labels, logits.shape[-1]), label_size)
-    upsampled = resize_bilinear(logits, label_size, align_corners=False)
+    upsampled = resize_bilinear(logits, label_size, align_corners=False, method=resize_method)
     return {"main_ce": cross_entropy(upsampled, labels, "all", picked=picked)}

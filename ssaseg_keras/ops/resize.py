@@ -19,20 +19,33 @@ def _float32_scalar(value):
     return float(np.float32(value))
 
 
-def bilinear_taps(in_size: int, out_size: int, align_corners: bool):
-    """torch's 1-D linear interpolation taps from static sizes: (lo, hi) int32 (out_size,) source
-    indices and the weight of `hi`, float32 (out_size,); output i = (1 - w) x[lo] + w x[hi].
+def _is_static(*sizes):
+    return all(isinstance(v, (int, np.integer)) for v in sizes)
 
-    Built from `keras.ops` (not NumPy) so that it traces inside jit / XLA / torch.compile, where
-    it is constant-folded.
+
+def bilinear_taps(in_size, out_size, align_corners: bool):
+    """torch's 1-D linear interpolation taps: (lo, hi) int32 (out_size,) source indices and the
+    weight of `hi`, float32 (out_size,); output i = (1 - w) x[lo] + w x[hi].
+
+    Sizes are Python ints (the taps are then constant-folded inside jit / XLA / torch.compile), or,
+    with `align_corners=False`, scalar tensors (graphs over images of unknown size). The half-pixel
+    scale is in / out in float32 as torch computes it; from Python ints it is the float64 quotient
+    rounded to float32, which is the same number (double rounding is exact for a division at these
+    precisions).
     """
     dst = ops.cast(ops.arange(out_size), "float32")
     if align_corners:
+        if not _is_static(in_size, out_size):
+            raise ValueError("bilinear_taps: align_corners=True needs static sizes")
         scale = _float32_scalar((in_size - 1) / (out_size - 1)) if out_size > 1 else 0.0
         src = dst * scale
     else:
+        if _is_static(in_size, out_size):
+            scale = _float32_scalar(in_size / out_size)
+        else:
+            scale = ops.cast(in_size, "float32") / ops.cast(out_size, "float32")
         # torch's area_pixel_compute_source_index with cubic=False: clamp negatives to 0.
-        src = ops.maximum((dst + 0.5) * _float32_scalar(in_size / out_size) - 0.5, 0.0)
+        src = ops.maximum((dst + 0.5) * scale - 0.5, 0.0)
     lo = ops.minimum(ops.cast(ops.floor(src), "int32"), in_size - 1)
     hi = ops.minimum(lo + 1, in_size - 1)
     return lo, hi, src - ops.cast(lo, "float32")
@@ -69,18 +82,16 @@ def resize_bilinear(x, size, align_corners: bool = False, method: str = "matmul"
     """
     if method not in RESIZE_METHODS:
         raise ValueError(f"resize_bilinear: method={method!r}, expected one of {RESIZE_METHODS}")
-    sizes = (x.shape[1], x.shape[2], size[0], size[1])
-    if not all(isinstance(v, (int, np.integer)) for v in sizes):
+    if not _is_static(x.shape[1], x.shape[2], size[0], size[1]):
         # A traced graph with unknown sizes (a SavedModel serving any image size): gathers.
         if align_corners:
             raise ValueError("resize_bilinear: align_corners=True needs static sizes")
         return resize_logits(x, size[0], size[1])
-    in_h, in_w, out_h, out_w = (int(v) for v in sizes)
+    in_h, in_w, out_h, out_w = int(x.shape[1]), int(x.shape[2]), int(size[0]), int(size[1])
     if (in_h, in_w) == (out_h, out_w):
         return x
     if method == "gather":
-        x = _interpolate_axis(x, 2, *bilinear_taps(in_w, out_w, align_corners))
-        return _interpolate_axis(x, 1, *bilinear_taps(in_h, out_h, align_corners))
+        return _resize_by_taps(x, (in_h, in_w), (out_h, out_w), align_corners)
     rows = ops.cast(bilinear_matrix(in_h, out_h, align_corners), x.dtype)
     cols = ops.cast(bilinear_matrix(in_w, out_w, align_corners), x.dtype)
     # Each axis is one broadcast matmul over a contiguous (B, in, W*C) view. The width axis needs the
@@ -94,6 +105,13 @@ def resize_bilinear(x, size, align_corners: bool = False, method: str = "matmul"
     if not width_first and in_w != out_w:
         x = _resize_width(x, cols)
     return x
+
+
+def _resize_by_taps(x, in_size, out_size, align_corners):
+    """The bilinear resize as two taps per axis (width first: the smaller intermediate when
+    upsampling); sizes as `bilinear_taps` takes them."""
+    x = _interpolate_axis(x, 2, *bilinear_taps(in_size[1], out_size[1], align_corners))
+    return _interpolate_axis(x, 1, *bilinear_taps(in_size[0], out_size[0], align_corners))
 
 
 def _interpolate_axis(x, axis, lo, hi, frac):
@@ -175,20 +193,9 @@ def downsample_labels(labels, size):
     return ops.take(labels, nearest_legacy_indices(in_w, out_w), axis=2)
 
 
-def _linear_taps(in_size, out_size):
-    """Half-pixel-centre source taps (lo, hi int32 (out,), weight of hi float32 (out,)), clamped at
-    the borders as torch's `F.interpolate(mode="bilinear", align_corners=False)`."""
-    scale = ops.cast(in_size, "float32") / ops.cast(out_size, "float32")
-    src = ops.maximum((ops.cast(ops.arange(out_size), "float32") + 0.5) * scale - 0.5, 0.0)
-    lo = ops.minimum(ops.cast(ops.floor(src), "int32"), in_size - 1)
-    hi = ops.minimum(lo + 1, in_size - 1)
-    return lo, hi, src - ops.cast(lo, "float32")
-
-
 def resize_logits(logits, height, width):
     """Bilinear resize of (B, h, w, K) to (B, height, width, K) with the sampling of
-    `resize_bilinear(..., align_corners=False)` (half-pixel centres, no antialias), written as two
+    `resize_bilinear(..., align_corners=False)` (half-pixel centres, no antialias), written as
     gathers so that every size may be dynamic (TF graphs over images of varying size)."""
     shape = ops.shape(logits)
-    logits = _interpolate_axis(logits, 1, *_linear_taps(shape[1], height))
-    return _interpolate_axis(logits, 2, *_linear_taps(shape[2], width))
+    return _resize_by_taps(logits, (shape[1], shape[2]), (height, width), align_corners=False)
