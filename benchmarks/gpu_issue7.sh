@@ -1,5 +1,6 @@
 #!/bin/bash
-# Issue 7's GPU rows in one device call per backend (each fits the device tool's 10-minute limit).
+# Issue 7's GPU rows in one device call per backend (not yet run on a GPU: if a call nears the
+# device tool's 10-minute limit, split it with PRECISIONS / LOSS_STEP below).
 #
 #   ../shared/tools/gpu-wheels          # once, on the development machine: fills the ignored .whl/
 #   run (device tool), carry [".whl"]:  bash benchmarks/gpu_issue7.sh jax     # then: ... torch

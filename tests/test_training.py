@@ -120,8 +120,8 @@ def test_grouped_adamw_matches_torch_adamw_with_param_groups():
 
 
 def test_grouped_adamw_updates_a_group_at_once_on_torch(monkeypatch):
-    """PyTorch runs Keras' foreach update per group, never the per-variable `update_step` (whose
-    eager ops cost ~7x the update, see BENCHMARKS.md); the result stays torch's AdamW (test above)."""
+    """PyTorch runs Keras' foreach update per group, never the per-variable `update_step` (its eager
+    ops made `apply` 5-9x slower on CPU, see BENCHMARKS.md); the result stays torch's AdamW (test above)."""
     if BACKEND != "torch":
         pytest.skip("JAX and TensorFlow compile the per-variable update")
     variables = [keras.Variable(np.ones((2, 3), "float32"), name=f"w{i}") for i in range(4)]
