@@ -9,12 +9,14 @@ backbone. Usage, on any backend:
 Prints the median milliseconds of each, their ratio, and (JAX) XLA's cost analysis of each
 compiled function (FLOPs and bytes accessed, device-independent counts of the compiled graph).
 `--resize gather` runs the losses' upsampling with two-tap gathers instead of the default dense
-matmuls (the losses' `resize_method`; the same sampling), to compare the two on a device.
+matmuls (the losses' `resize_method`; the same sampling); `--resize matmul gather` times both in
+one process, and `--json` writes every figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import keras
 import numpy as np
@@ -84,8 +86,9 @@ def main():
     parser.add_argument("--channels", type=int, default=256, help="decode-head channels (SegNeXt-T: 256)")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--resize", choices=resize_ops.RESIZE_METHODS, default="matmul",
-                        help="how the losses upsample logits to label size")  # fmt: skip
+    parser.add_argument("--resize", choices=resize_ops.RESIZE_METHODS, default=["matmul"], nargs="+",
+                        help="how the losses upsample logits to label size (several: each in turn)")  # fmt: skip
+    parser.add_argument("--json", help="write the figures (and conditions) to this file")
     args = parser.parse_args()
     if args.size < 8 or args.size % 8:
         parser.error(f"--size {args.size}: must be a positive multiple of 8 (features are size/8)")
@@ -102,26 +105,39 @@ def main():
     kind_device = dev.accelerator()[1]
     print(f"backend {keras.backend.backend()} {dev.backend_version()}  device {kind_device}")
     print(f"batch {args.batch}  labels {args.size}x{args.size}  features {small}x{small}x{args.channels}"
-          f"  classes {args.classes}  float32  resize {args.resize}  median of {args.iters} after {args.warmup}")
-    medians = {}
-    for kind in ("ssa", "baseline"):
-        call, jitted, values = loss_and_grad_fn(classifier, kind, args.resize)
+          f"  classes {args.classes}  float32  median of {args.iters} after {args.warmup}")
+    report = {
+        "backend": keras.backend.backend(), "backend_version": dev.backend_version(), "device": kind_device,
+        "batch": args.batch, "size": args.size, "classes": args.classes, "channels": args.channels,
+        "iters": args.iters, "warmup": args.warmup, "results": {},
+    }  # fmt: skip
+    for resize in args.resize:
+        figures = report["results"][resize] = {}
+        for kind in ("ssa", "baseline"):
+            call, jitted, values = loss_and_grad_fn(classifier, kind, resize)
 
-        def run(call=call):
-            # Reading the eight loss scalars waits for the step (one compiled program on JAX and
-            # TensorFlow; torch.cuda.synchronize on PyTorch) without copying gradients to the host.
-            terms, _ = call(features, labels)
-            dev.synchronize(terms)
+            def run(call=call):
+                # Reading the eight loss scalars waits for the step (one compiled program on JAX and
+                # TensorFlow; torch.cuda.synchronize on PyTorch) without copying gradients to the host.
+                terms, _ = call(features, labels)
+                dev.synchronize(terms)
 
-        medians[kind], _ = median_ms(run, args.iters, args.warmup)
-        line = f"{kind:9s} loss forward+backward {medians[kind]:9.1f} ms"
-        if jitted is not None:
-            cost = jitted.lower(values, features, labels).compile().cost_analysis()
-            cost = cost[0] if isinstance(cost, list) else cost
-            line += f"   XLA: {cost.get('flops', 0) / 1e9:.1f} GFLOP, {cost.get('bytes accessed', 0) / 1e9:.2f} GB accessed"
-        print(line, flush=True)
-    print(f"ratio SSA / baseline: {medians['ssa'] / medians['baseline']:.2f}x")
-
+            median, samples = median_ms(run, args.iters, args.warmup)
+            figures[f"{kind}_ms"], figures[f"{kind}_samples_ms"] = median, samples
+            line = f"resize {resize:6s} {kind:8s} loss forward+backward {median:9.1f} ms"
+            if jitted is not None:
+                cost = jitted.lower(values, features, labels).compile().cost_analysis()
+                cost = cost[0] if isinstance(cost, list) else cost
+                figures[f"{kind}_xla_gflop"] = cost.get("flops", 0) / 1e9
+                figures[f"{kind}_xla_gb_accessed"] = cost.get("bytes accessed", 0) / 1e9
+                line += (f"   XLA: {figures[f'{kind}_xla_gflop']:.1f} GFLOP,"
+                         f" {figures[f'{kind}_xla_gb_accessed']:.2f} GB accessed")  # fmt: skip
+            print(line, flush=True)
+        figures["ratio"] = figures["ssa_ms"] / figures["baseline_ms"]
+        print(f"resize {resize:6s} ratio SSA / baseline: {figures['ratio']:.2f}x", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=1)
 
 if __name__ == "__main__":
     main()

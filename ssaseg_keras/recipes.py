@@ -19,6 +19,7 @@ import yaml
 
 from ssaseg_keras.models.builder import MODEL_DEFAULTS
 from ssaseg_keras.models.presets import PRESETS
+from ssaseg_keras.ops.resize import RESIZE_METHODS
 from ssaseg_keras.utils.errors import RecipeError
 
 SECTIONS = ("name", "model", "data", "train", "eval")
@@ -46,6 +47,9 @@ TRAIN_DEFAULTS = {
     "clip_grad_norm": None,
     "keep_checkpoints": 3,
     "resume": False,  # true / "auto": continue from the work dir's latest checkpoint if there is one
+    # How the losses upsample logits to label size: dense interpolation matmuls or two-tap gathers.
+    # The same numbers either way (a speed choice per device; see BENCHMARKS.md).
+    "loss_resize": "matmul",
 }
 
 EVAL_DEFAULTS = {
@@ -185,6 +189,7 @@ def validate_train(section):
         raise _fail("train.betas", f"must be a list of 2 numbers in [0, 1), got {betas!r}")
     cfg["betas"] = [_number(b, "train.betas", 0.0, 0.999999) for b in betas]
     cfg["precision"] = _choice(cfg["precision"], "train.precision", PRECISIONS)
+    cfg["loss_resize"] = _choice(cfg["loss_resize"], "train.loss_resize", RESIZE_METHODS)
     if cfg["resume"] not in (True, False, "auto"):
         raise _fail("train.resume", f"must be true, false or auto, got {cfg['resume']!r}")
     cfg["clip_grad_norm"] = _number(

@@ -70,13 +70,15 @@ def test_random_batch_is_blob_labels_with_ignore():
 
 def test_benchmark_command_end_to_end(tmp_path):
     """Tiny SegNeXt + SSA and its baseline, 64x64, batch 1, 2 timed steps: real, consistent figures.
+    The losses upsample with `train.loss_resize: gather` here (the default, matmul, trains everywhere
+    else in the suite), so both methods run inside a compiled training step on every backend.
 
     Batch 1 lets the throughput measurement reuse the latency one's compiled function (fast CI)."""
     out = tmp_path / "bench" / "result.json"
     overrides = [arg for item in TINY for arg in ("--set", item)]
     done = run_cli(
         "benchmark", "recipes/quickstart.yaml", "--batch", "1", "--size", "64", "--iters", "2",
-        "--warmup", "1", "--json", str(out), *overrides,
+        "--warmup", "1", "--json", str(out), *overrides, "--set", "train.loss_resize=gather",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Traceback" not in done.stderr
@@ -85,7 +87,7 @@ def test_benchmark_command_end_to_end(tmp_path):
     assert (
         c["backend"] == keras.backend.backend() and c["batch"] == 1 and c["image_size"] == [64, 64]
     )
-    assert c["num_classes"] == 21 and c["precision"] == "float32"
+    assert c["num_classes"] == 21 and c["precision"] == "float32" and c["loss_resize"] == "gather"
     ssa, base = report["models"]["model"], report["models"]["baseline"]
     assert ssa["ssa"] and not base["ssa"]
 
@@ -121,7 +123,7 @@ def test_benchmark_command_end_to_end(tmp_path):
     assert ratios["gflops"] > 1.0
 
     # The printed table holds the same figures.
-    assert format_report(report) in done.stdout
+    assert format_report(report) in done.stdout and "loss upsampling gather" in done.stdout
     assert f"{ssa['params_training']:,}" in done.stdout and "ratio" in done.stdout
 
 

@@ -76,6 +76,38 @@ def test_training_output_feeds_the_ssa_loss(ssa_model):
         np.testing.assert_allclose(float(ops.convert_to_numpy(direct[name])), reported[name], rtol=1e-5)
 
 
+def test_loss_upsampling_method_is_the_models_and_changes_no_number(ssa_model, baseline_model, monkeypatch):
+    """`loss_resize_method` (the recipe's train.loss_resize) reaches every upsampling of the losses;
+    "gather" and "matmul" give the same terms."""
+    import ssaseg_keras.losses.ssa as ssa_losses
+
+    images, labels = random_batch(64, 96, seed=3)
+    used = []
+
+    def spy(*args, method="matmul", **kwargs):
+        used.append(method)
+        return resize_bilinear(*args, method=method, **kwargs)
+
+    from ssaseg_keras.ops.resize import resize_bilinear
+
+    monkeypatch.setattr(ssa_losses, "resize_bilinear", spy)
+    for model in (ssa_model, baseline_model):
+        out = model(images, training=True)
+        terms = {}
+        for method in ("matmul", "gather"):
+            used.clear()
+            model.loss_resize_method = method
+            try:
+                values = model.loss_terms(labels, out)
+            finally:
+                model.loss_resize_method = "matmul"
+            assert used and set(used) == {method}
+            terms[method] = {k: float(ops.convert_to_numpy(v)) for k, v in values.items()}
+        assert sorted(terms["gather"]) == sorted(model.loss_term_names)
+        for name, value in terms["matmul"].items():
+            np.testing.assert_allclose(terms["gather"][name], value, rtol=2e-5, atol=1e-6)
+
+
 def test_baseline_loss_is_main_ce_and_accepts_channel_labels(baseline_model):
     images, labels = random_batch(64, 64)
     out = baseline_model(images, training=True)

@@ -233,6 +233,7 @@ def benchmark(
         "device_kind": kind,
         "device": description,
         "precision": precision,
+        "loss_resize": recipe["train"]["loss_resize"],
         "batch": batch,
         "image_size": list(size),
         "iters": int(iters),

@@ -79,6 +79,9 @@ class Segmentor(keras.Model):
         self.decode_head = decode_head
         self.classifier = classifier
         self.loss_term_names = list(LOSS_TERMS) if self.is_ssa else ["main_ce"]
+        # The losses' upsampling (`resize_bilinear`'s method): a speed choice, same numbers; set by
+        # `build_training_model` from the recipe's `train.loss_resize`.
+        self.loss_resize_method = "matmul"
         self.loss_trackers = [keras.metrics.Mean(name=name) for name in self.loss_term_names]
 
     @property
@@ -118,12 +121,15 @@ class Segmentor(keras.Model):
         labels = y
         if len(labels.shape) == 4:
             labels = labels[..., 0]
+        method = self.loss_resize_method
         if not isinstance(y_pred, dict):  # inference output: image-size logits
-            return baseline_loss_terms(y_pred, labels)
+            return baseline_loss_terms(y_pred, labels, resize_method=method)
         if self.is_ssa:
             student = {k: v for k, v in y_pred.items() if k not in ("logits", "features")}
-            return ssa_loss_terms(self.classifier, y_pred["features"], labels, student=student)
-        return baseline_loss_terms(y_pred["logits"], labels)
+            return ssa_loss_terms(
+                self.classifier, y_pred["features"], labels, student=student, resize_method=method
+            )
+        return baseline_loss_terms(y_pred["logits"], labels, resize_method=method)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         terms = self.loss_terms(y, y_pred)

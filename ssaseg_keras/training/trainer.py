@@ -55,6 +55,7 @@ def build_training_model(recipe, load_pretrained=True):
     from ssaseg_keras.training.optimizer import build_optimizer
 
     model = build_segmentor(recipe["model"], load_pretrained=load_pretrained, training=True)
+    model.loss_resize_method = recipe["train"]["loss_resize"]
     optimizer = build_optimizer(model, recipe["train"])
     model.compile(optimizer=optimizer, jit_compile="auto")
     return model
