@@ -65,6 +65,7 @@ def exported(tmp_path_factory):
     return {"work_dir": work_dir, "checkpoint": checkpoint, "output": output, "stdout": out}
 
 
+@pytest.mark.xdist_group("exported")
 def test_export_writes_checked_saved_model(exported):
     out = exported["stdout"]
     assert f"trained on {BACKEND}" in out and "with the TensorFlow backend" in out
@@ -95,6 +96,7 @@ def test_export_writes_checked_saved_model(exported):
     assert metadata["preprocessing"] == "zero-pad to a multiple of 32"
 
 
+@pytest.mark.xdist_group("exported")
 def test_saved_model_matches_keras_at_a_new_size(exported):
     """Batch 3 at 33x47 (not a multiple of 32): labels/probabilities vs the Keras model on this backend."""
     import tensorflow as tf
@@ -129,6 +131,7 @@ def test_saved_model_matches_keras_at_a_new_size(exported):
     np.testing.assert_array_equal(again, probabilities)
 
 
+@pytest.mark.xdist_group("exported")
 def test_check_runs_without_ssaseg_keras_and_catches_a_mismatch(exported, tmp_path):
     from ssaseg_keras.export import run_check
 
@@ -152,6 +155,7 @@ def test_check_runs_without_ssaseg_keras_and_catches_a_mismatch(exported, tmp_pa
     assert any("MISMATCH" in line and "agreement with Keras 0.000%" in line for line in lines)
 
 
+@pytest.mark.xdist_group("exported")
 def test_check_command_and_bad_inputs(exported, tmp_path):
     code, out, err = run_main("export", "--check", exported["output"])
     assert code == 0 and "check passed" in out and "serving_default_images:0" in out
@@ -166,6 +170,7 @@ def test_check_command_and_bad_inputs(exported, tmp_path):
     assert code == 2 and "holds no SavedModel" in err
 
 
+@pytest.mark.xdist_group("exported")
 def test_export_refuses_existing_version_and_missing_checkpoint(exported, tmp_path):
     code, out, err = run_main("export", exported["work_dir"], "--output", exported["output"])
     assert code == 2 and "already exists" in err and "--force" in err and "--version 2" in err
@@ -201,6 +206,7 @@ def test_request_body(tmp_path):
 @pytest.mark.skipif(
     BACKEND != "tensorflow", reason="one backend is enough for the .keras input (slow)"
 )
+@pytest.mark.xdist_group("exported")
 def test_export_keras_file_float32_input_and_force(exported, tmp_path):
     import tensorflow as tf
 
