@@ -80,6 +80,7 @@ def test_loss_upsampling_method_is_the_models_and_changes_no_number(ssa_model, b
     """`loss_resize_method` (the recipe's train.loss_resize) reaches every upsampling of the losses;
     "gather" and "matmul" give the same terms."""
     import ssaseg_keras.losses.ssa as ssa_losses
+    from ssaseg_keras.ops.resize import resize_bilinear
 
     images, labels = random_batch(64, 96, seed=3)
     used = []
@@ -87,8 +88,6 @@ def test_loss_upsampling_method_is_the_models_and_changes_no_number(ssa_model, b
     def spy(*args, method="matmul", **kwargs):
         used.append(method)
         return resize_bilinear(*args, method=method, **kwargs)
-
-    from ssaseg_keras.ops.resize import resize_bilinear
 
     monkeypatch.setattr(ssa_losses, "resize_bilinear", spy)
     for model in (ssa_model, baseline_model):
