@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -121,7 +122,7 @@ def main(argv=None):
     log_path = os.path.join(out, "gpu_issue7.log")
     with open(log_path, "a") as log:
         smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv"],
-                             capture_output=True, text=True, check=False) if _has("nvidia-smi") else None  # fmt: skip
+                             capture_output=True, text=True, check=False) if shutil.which("nvidia-smi") else None  # fmt: skip
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}  steps {' '.join(args.steps)}\n")
         log.write(smi.stdout if smi else "nvidia-smi: not found\n")
         log.flush()
@@ -147,10 +148,6 @@ def main(argv=None):
             log.flush()
             print(f"[{step}] {status} after {elapsed:.0f} s", flush=True)
     print("\n".join(summary_lines(out, args.steps)))
-
-
-def _has(program):
-    return any(os.access(os.path.join(d, program), os.X_OK) for d in os.environ.get("PATH", "").split(os.pathsep))
 
 
 if __name__ == "__main__":

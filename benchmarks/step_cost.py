@@ -17,6 +17,8 @@ import time
 
 import keras
 
+from ssaseg_keras.ops.resize import RESIZE_METHODS
+
 
 def step_cost(recipe, batch, size):
     """{"gflop", "gb_accessed", "compile_s"} of the recipe's compiled training step."""
@@ -45,22 +47,30 @@ def step_cost(recipe, batch, size):
 
 
 def main():
-    from ssaseg_keras.recipes import load_recipe
+    from ssaseg_keras.benchmark import device as dev
+    from ssaseg_keras.recipes import PRECISIONS, load_recipe
     from ssaseg_keras.training.trainer import set_precision
+    from ssaseg_keras.utils.errors import UserError
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("recipe")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--size", type=int, default=512)
-    parser.add_argument("--precision", default="float32")
-    parser.add_argument("--resize", nargs="+", default=["matmul", "gather"], help="train.loss_resize values")
+    parser.add_argument("--precision", default="float32", choices=PRECISIONS)
+    parser.add_argument("--resize", nargs="+", default=["matmul", "gather"], choices=RESIZE_METHODS,
+                        help="train.loss_resize values")  # fmt: skip
     args = parser.parse_args()
     if keras.backend.backend() != "jax":
         parser.error("set KERAS_BACKEND=jax: the counts come from XLA's compiled JAX program")
+    if args.batch < 1 or args.size < 32 or args.size % 32:
+        parser.error(f"--batch must be >= 1 and --size a multiple of 32, got {args.batch} and {args.size}")
+    try:
+        recipe = load_recipe(args.recipe)
+    except UserError as error:  # a missing file or a bad key: one line, no traceback
+        parser.error(str(error))
     set_precision(args.precision)
-    recipe = load_recipe(args.recipe)
     print(f"{recipe['name']}  batch {args.batch}  {args.size}x{args.size}  {args.precision}  "
-          f"device {jax_device()}  (XLA cost analysis of the compiled step; not run)")  # fmt: skip
+          f"device {dev.accelerator()[1]}  (XLA cost analysis of the compiled step; not run)")  # fmt: skip
     for resize in args.resize:
         figures = {}
         for name, ssa in (("SSA", True), ("baseline", False)):
@@ -75,12 +85,6 @@ def main():
         s, b = figures["SSA"], figures["baseline"]
         print(f"loss_resize {resize:6s} SSA / baseline: {s['gflop'] / b['gflop']:.3f}x FLOP, "
               f"{s['gb_accessed'] / b['gb_accessed']:.3f}x bytes", flush=True)  # fmt: skip
-
-
-def jax_device():
-    import jax
-
-    return jax.devices()[0].device_kind
 
 
 if __name__ == "__main__":
