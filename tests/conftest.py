@@ -79,3 +79,16 @@ def golden_head():
 
 def nchw_to_nhwc(x):
     return np.transpose(x, (0, 2, 3, 1))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Run `slow` tests first (with the tests of their `xdist_group`, kept together so module
+    fixtures are built once). With `-n 2`, a long test picked up last leaves the other worker idle;
+    started first, the short tests fill in around it."""
+
+    def group(item):
+        marker = item.get_closest_marker("xdist_group")
+        return marker.args[0] if marker and marker.args else None
+
+    slow_groups = {group(item) for item in items if item.get_closest_marker("slow")} - {None}
+    items.sort(key=lambda item: not (item.get_closest_marker("slow") or group(item) in slow_groups))

@@ -68,6 +68,7 @@ def test_random_batch_is_blob_labels_with_ignore():
     assert np.mean(labels[:, :, 1:] == labels[:, :, :-1]) > 0.8
 
 
+@pytest.mark.slow
 def test_benchmark_command_end_to_end(tmp_path):
     """Tiny SegNeXt + SSA and its baseline, 64x64, batch 1, 2 timed steps: real, consistent figures.
     The losses upsample with `train.loss_resize: gather` here (the default, matmul, trains everywhere

@@ -65,6 +65,7 @@ def exported(tmp_path_factory):
     return {"work_dir": work_dir, "checkpoint": checkpoint, "output": output, "stdout": out}
 
 
+@pytest.mark.slow
 @pytest.mark.xdist_group("exported")
 def test_export_writes_checked_saved_model(exported):
     out = exported["stdout"]
@@ -236,6 +237,7 @@ def test_export_keras_file_float32_input_and_force(exported, tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
     BACKEND != "tensorflow", reason="one backend is enough for SegFormer's export (slow)"
 )

@@ -1,4 +1,5 @@
-"""The Segmentor: outputs, compute_loss terms, a training step, `.keras` round trips (also across backends)."""
+"""The Segmentor: outputs, compute_loss terms, `.keras` round trips (also across backends). Training
+steps (fit, evaluate, loss decrease) are in test_training.py."""
 
 from __future__ import annotations
 
@@ -119,19 +120,6 @@ def test_baseline_loss_is_main_ce_and_accepts_channel_labels(baseline_model):
     assert float(ops.convert_to_numpy(total)) > 1.0  # ~log(7) at init
 
 
-def test_fit_and_evaluate_report_every_term():
-    model = build_segmentor(tiny_config(ssa=True))
-    model.compile(optimizer=keras.optimizers.AdamW(1e-3))
-    images, labels = random_batch(32, 64)
-    history = model.fit(images, labels, batch_size=2, epochs=2, verbose=0)
-    for name in ("loss", *LOSS_TERMS):
-        assert len(history.history[name]) == 2 and np.isfinite(history.history[name]).all()
-    # One step changes the weights, and the teacher learns too.
-    assert history.history["loss"][0] > 0
-    result = model.evaluate(images, labels, verbose=0, return_dict=True)
-    assert result["main_ce"] > 0 and np.isfinite(result["loss"])
-
-
 def test_keras_round_trip_same_backend(tmp_path, ssa_model):
     images, _ = random_batch(64, 32, batch=1)
     path = str(tmp_path / "model.keras")
@@ -169,6 +157,7 @@ np.savez({npz!r}, images=images, expected=expected)
 SEGFORMER_B0 = {"family": "segformer", "size": "b0", "num_classes": 7, "ssa": True}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("config", [None, SEGFORMER_B0], ids=["segnext_tiny", "segformer_b0"])
 def test_keras_file_from_another_backend_gives_the_same_outputs(tmp_path, config):
     current = keras.backend.backend()

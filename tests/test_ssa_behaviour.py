@@ -61,6 +61,7 @@ def test_class_absent_from_batch_uses_fixed_prototype_and_embedding():
         np.testing.assert_allclose(to_numpy(teacher["spatial"])[1, k], expected_pos, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_image_with_only_ignore_labels_drops_out_of_the_pixel_losses():
     layer = make_layer(num_classes=5, channels=8)
     features, labels = random_inputs(2, 8, 8, 8, (32, 32), num_classes=5)
@@ -74,6 +75,7 @@ def test_image_with_only_ignore_labels_drops_out_of_the_pixel_losses():
         assert both[name] == pytest.approx(alone[name], rel=1e-5), name
 
 
+@pytest.mark.slow
 def test_batch_with_only_ignore_labels_gives_zero_pixel_losses_and_finite_gradients():
     layer = make_layer(num_classes=5, channels=8)
     features, labels = random_inputs(2, 8, 8, 8, (32, 32), num_classes=5)
