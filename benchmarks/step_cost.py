@@ -78,7 +78,10 @@ def main():
             variant["model"]["ssa"] = ssa
             variant["train"]["loss_resize"] = resize
             variant["train"]["batch_size"] = args.batch
-            figures[name] = step_cost(variant, args.batch, args.size)
+            try:
+                figures[name] = step_cost(variant, args.batch, args.size)
+            except UserError as error:  # e.g. a keras-cv backbone without keras-cv: one line
+                parser.exit(2, f"{parser.prog}: error: {error}\n")
             f = figures[name]
             print(f"loss_resize {resize:6s} {name:8s} {f['gflop']:9.1f} GFLOP  {f['gb_accessed']:8.2f} GB accessed"
                   f"  (compiled in {f['compile_s']:.0f} s)", flush=True)  # fmt: skip
