@@ -3,26 +3,22 @@
 from __future__ import annotations
 
 import os
-import tempfile
 
 import click
+from ssaseg_keras_cli import BACKENDS, use_backend
 
 from ssaseg_keras.utils.errors import UserError
 
 
 def save_atomically(model, output):
     """Save `model` to `output` through a temporary file in the same folder and `os.replace`."""
+    from ssaseg_keras.utils.files import atomic_file
+
     folder = os.path.dirname(os.path.abspath(output))
     if not os.path.isdir(folder):
         raise UserError(f"--output {output!r}: folder {folder!r} does not exist; create it first")
-    handle, temporary = tempfile.mkstemp(dir=folder, prefix=".convert-", suffix=".keras")
-    os.close(handle)
-    try:
+    with atomic_file(output, suffix=".keras") as temporary:
         model.save(temporary)
-        os.replace(temporary, output)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 @click.command()
@@ -32,7 +28,7 @@ def save_atomically(model, output):
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe override, e.g. model.num_classes=171 (repeatable).")
 @click.option("--inference", is_flag=True, help="Save the inference model (SSA teacher left out).")
 @click.option("--no-strict", is_flag=True, help="Load what fits and only warn about names that do not.")
-@click.option("--backend", type=click.Choice(["tensorflow", "jax", "torch"]), help="Keras backend (default: KERAS_BACKEND).")
+@click.option("--backend", type=click.Choice(BACKENDS), help="Keras backend (default: KERAS_BACKEND).")
 def convert(checkpoint, recipe, output, overrides, inference, no_strict, backend):
     """Load a reference CHECKPOINT.pth into the recipe's model and save it as a .keras file.
 
@@ -40,8 +36,7 @@ def convert(checkpoint, recipe, output, overrides, inference, no_strict, backend
     layout). Loading is strict: unmapped or missing names and shape mismatches are listed by name.
     The file is read with torch.load(weights_only=True); PyTorch is needed for this command only.
     """
-    if backend:
-        os.environ["KERAS_BACKEND"] = backend
+    use_backend(backend)
     if not output.endswith(".keras"):
         raise UserError(f"--output {output!r}: the file name must end with .keras")
     from ssaseg_keras.convert import convert_checkpoint
@@ -54,3 +49,32 @@ def convert(checkpoint, recipe, output, overrides, inference, no_strict, backend
     save_atomically(model, output)
     counts = model_summary_counts(model)
     click.echo(f"wrote {output} ({counts['trainable']:,} trainable parameters{', inference form' if inference else ''})")
+
+
+@click.command("upgrade-checkpoint")
+@click.argument("path", type=click.Path())
+@click.option("--backend", type=click.Choice(BACKENDS), help="Keras backend (default: KERAS_BACKEND).")
+def upgrade_checkpoint(path, backend):
+    """Rewrite ssaseg-keras 0.1 checkpoints (PATH: a checkpoint folder or a work dir) in the keyed format.
+
+    0.1 stored arrays by position with their paths pickled; this release reads arrays by name only
+    (nothing unpickled). The model and optimizer are rebuilt from each checkpoint's recipe.yaml and
+    the arrays taken in the order 0.1 wrote them, every shape checked, as 0.1 restored them: use it
+    for checkpoints you wrote yourself. Each folder is replaced atomically.
+    """
+    use_backend(backend)
+    from ssaseg_keras.training import checkpoint as ckpt
+    from ssaseg_keras.utils.errors import CheckpointError
+
+    root = os.path.join(path, "checkpoints")
+    if os.path.isfile(os.path.join(path, "state.json")):
+        folders = [path]
+    elif os.path.isdir(root):
+        folders = [folder for _, folder in ckpt.list_checkpoints(root)]
+        if os.path.isfile(os.path.join(root, ckpt.BEST_NAME, "state.json")):
+            folders.append(os.path.join(root, ckpt.BEST_NAME))
+    else:
+        raise CheckpointError(f"{path!r} is neither a checkpoint folder (with state.json) nor a work dir")
+    for folder in folders:
+        upgraded = ckpt.upgrade_checkpoint(folder)
+        click.echo(f"{folder}: {'upgraded' if upgraded else 'already in the current format'}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import click
+from ssaseg_keras_cli import BACKENDS, use_backend
 
 from ssaseg_keras.utils.errors import UserError
 
@@ -60,7 +61,7 @@ from ssaseg_keras.utils.errors import UserError
 )
 @click.option(
     "--backend",
-    type=click.Choice(["tensorflow", "jax", "torch"]),
+    type=click.Choice(BACKENDS),
     help="Keras backend (default: KERAS_BACKEND).",
 )
 def export(
@@ -122,8 +123,7 @@ def export(
         return
     if not output:
         raise UserError("--output DIR is required to export (TF Serving's model base path)")
-    if backend:
-        os.environ["KERAS_BACKEND"] = backend
+    use_backend(backend)
     from ssaseg_keras.export.exporter import export_saved_model
 
     export_saved_model(

@@ -20,6 +20,7 @@ COMMANDS = [
     ("info", "info"),
     ("data", "data"),
     ("convert", "convert"),
+    ("convert", "upgrade_checkpoint"),
     ("train", "train"),
     ("train", "evaluate"),
     ("train", "predict"),

@@ -7,10 +7,10 @@ import os
 import pathlib
 
 import click
+from ssaseg_keras_cli import BACKENDS, use_backend
 
 from ssaseg_keras.utils.errors import UserError
 
-BACKENDS = ["tensorflow", "jax", "torch"]
 backend_option = click.option(
     "--backend", type=click.Choice(BACKENDS), help="Keras backend for this run (default: KERAS_BACKEND)."
 )
@@ -18,23 +18,6 @@ set_option = click.option(
     "--set", "overrides", multiple=True, metavar="KEY=VALUE",
     help="Override a recipe value, e.g. --set train.max_iters=1000 (repeatable).",
 )  # fmt: skip
-
-
-def use_backend(backend):
-    """Select the Keras backend before Keras is imported (it cannot change afterwards)."""
-    import sys
-
-    if not backend:
-        return
-    if "keras" in sys.modules:
-        import keras
-
-        if keras.backend.backend() != backend:
-            raise UserError(
-                f"--backend {backend}: Keras is already loaded with {keras.backend.backend()}; "
-                f"set KERAS_BACKEND={backend} instead"
-            )
-    os.environ["KERAS_BACKEND"] = backend
 
 
 def recipes_dir():
@@ -84,7 +67,7 @@ def train(recipe, backend, work_dir, overrides, resume, no_pretrained):
     best = summary.get("best_miou")
     click.echo(
         f"done: iteration {summary['iteration']}"
-        + (f", best mIoU {best:.2f} (mode: whole)" if best is not None else "")
+        + (f", best mIoU {best:.2f} (mode: {summary['eval_mode']})" if best is not None else "")
         + f"; checkpoints in {os.path.join(work_dir, 'checkpoints')}"
     )
 
@@ -118,7 +101,7 @@ def evaluate(recipe, checkpoint, tta, json_path, max_images, backend, overrides)
     use_backend(backend)
     from ssaseg_keras.recipes import load_recipe
     from ssaseg_keras.training.evaluation import evaluate_model
-    from ssaseg_keras.training.predict import load_trained_model
+    from ssaseg_keras.training.loading import load_trained_model
 
     config = load_recipe(resolve_recipe_path(recipe), overrides)
     flip, scales = parse_tta(tta)
@@ -143,7 +126,7 @@ def evaluate(recipe, checkpoint, tta, json_path, max_images, backend, overrides)
 @click.argument("checkpoint", type=click.Path())
 @click.argument("images", type=click.Path())
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the predictions.")
-@click.option("--recipe", type=click.Path(dir_okay=False), help="Recipe (needed for a .keras file: normalisation, classes).")
+@click.option("--recipe", help="Recipe (needed for a .keras file: normalisation, eval scale and mode, classes).")
 @click.option("--logits", is_flag=True, help="Also save the logits as <image>_logits.npy (H, W, K) float32.")
 @backend_option
 def predict(checkpoint, images, output, recipe, logits, backend):
@@ -155,30 +138,29 @@ def predict(checkpoint, images, output, recipe, logits, backend):
     use_backend(backend)
     from ssaseg_keras.data import dataset_info
     from ssaseg_keras.recipes import load_recipe
+    from ssaseg_keras.training.loading import load_trained_model
     from ssaseg_keras.training.predict import (
         list_images,
-        load_trained_model,
         predict_image,
         read_image,
         save_prediction,
     )
 
     files = list_images(images)
-    config = load_recipe(recipe) if recipe else None
+    if recipe is None and str(checkpoint).endswith(".keras"):
+        raise UserError(
+            f"{checkpoint} is a .keras file, which carries no recipe: give --recipe for its "
+            "normalisation, eval scale and mode and class names"
+        )
+    config = load_recipe(resolve_recipe_path(recipe)) if recipe else None
     model, config = load_trained_model(checkpoint, config)
-    palette = dataset_info(config["data"])["palette"] if config else _default_palette(model.num_classes)
+    palette = dataset_info(config["data"])["palette"]
     for path in files:
         image = read_image(path)
         labels, raw = predict_image(model, image, config, return_logits=True)
         stem = os.path.splitext(os.path.basename(path))[0]
         save_prediction(labels, image, output, stem, palette, logits=raw if logits else None)
         click.echo(f"{path} -> {os.path.join(output, stem + '.png')}")
-
-
-def _default_palette(num_classes):
-    from ssaseg_keras.data.catalog import palette
-
-    return palette(num_classes)
 
 
 @click.group(invoke_without_command=True)

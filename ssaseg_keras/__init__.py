@@ -1,9 +1,17 @@
 """ssaseg-keras: SSA-Seg (NeurIPS 2024) in Keras 3, on TensorFlow, JAX and PyTorch.
 
-Importing the package (and its layers, losses and models) does not import TensorFlow: TensorFlow is
-needed only by the data pipelines and the SavedModel export, which import it when used.
+`import ssaseg_keras` registers every Keras-serializable class of the library (layers, backbones,
+heads, the segmentor, the optimizer and its schedule), so `keras.saving.load_model` reads an
+ssaseg-keras `.keras` file after it, on any backend. It imports Keras (with its backend) but not
+TensorFlow (unless TensorFlow is the backend): TensorFlow is needed only by the data pipelines,
+TensorBoard logs and the SavedModel export, which import it when used.
 """
 
 from ssaseg_keras.version import __version__
 
-__all__ = ["__version__"]
+# Registration happens on import; the reference-name mappings (`convert`) ride along, so parameter
+# groups and checkpoint conversion find them whatever was imported first.
+from ssaseg_keras import convert, layers, losses, models  # noqa: E402  isort: skip
+from ssaseg_keras.training import optimizer as _optimizer  # noqa: E402,F401  isort: skip
+
+__all__ = ["__version__", "convert", "layers", "losses", "models"]

@@ -17,15 +17,16 @@ import os
 
 import yaml
 
+from ssaseg_keras.losses.ssa import LOSS_TERMS
 from ssaseg_keras.models.builder import MODEL_DEFAULTS
 from ssaseg_keras.models.presets import PRESETS
 from ssaseg_keras.ops.resize import RESIZE_METHODS
+from ssaseg_keras.training.evaluation import EVAL_MODES
 from ssaseg_keras.utils.errors import RecipeError
 
 SECTIONS = ("name", "model", "data", "train", "eval")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 SOURCES = ("keras_cv", "keras_hub")
-EVAL_MODES = ("whole", "slide")
 
 TRAIN_DEFAULTS = {
     "max_iters": 80000,
@@ -53,10 +54,10 @@ TRAIN_DEFAULTS = {
 }
 
 EVAL_DEFAULTS = {
-    "mode": "whole",
-    "scale": [2048, 512],
-    "crop_size": [512, 512],  # slide mode window
-    "stride": [341, 341],  # slide mode step
+    "mode": "whole",  # whole | slide (windows of crop_size every stride, logits averaged)
+    "scale": None,  # keep-ratio resize of every evaluated / predicted image; null: data.scale
+    "crop_size": [512, 512],  # slide mode window (height, width)
+    "stride": [341, 341],  # slide mode step (height, width)
 }
 
 
@@ -123,6 +124,17 @@ def validate_model(section):
     cfg["num_classes"] = _number(cfg["num_classes"], "model.num_classes", low=1, integer=True)
     cfg["ssa"] = _bool(cfg["ssa"], "model.ssa")
     cfg["dropout"] = _number(cfg["dropout"], "model.dropout", 0.0, 0.99)
+    weights = cfg["ssa_loss_weights"] if cfg["ssa_loss_weights"] is not None else {}
+    if not isinstance(weights, dict):
+        raise _fail("model.ssa_loss_weights", f"must be a mapping of loss term to weight, got {weights!r}")
+    for term in weights:
+        if term not in LOSS_TERMS:
+            raise _fail(f"model.ssa_loss_weights.{term}", f"unknown loss term; the terms are {', '.join(LOSS_TERMS)}")
+    cfg["ssa_loss_weights"] = {
+        term: _number(value, f"model.ssa_loss_weights.{term}", low=0.0) for term, value in weights.items()
+    }
+    if cfg["ssa_loss_weights"] and not cfg["ssa"]:
+        raise _fail("model.ssa_loss_weights", "weights SSA's loss terms; this model has model.ssa: false")
     cfg["drop_path"] = _number(cfg["drop_path"], "model.drop_path", 0.0, 0.99, allow_none=True)
     cfg["source"] = _choice(cfg["source"], "model.source", SOURCES)
     if cfg["seed"] is not None:
@@ -207,6 +219,8 @@ def validate_eval(section):
     cfg = {**copy.deepcopy(EVAL_DEFAULTS), **section}
     cfg["mode"] = _choice(cfg["mode"], "eval.mode", EVAL_MODES)
     for key in ("scale", "crop_size", "stride"):
+        if key == "scale" and cfg[key] is None:
+            continue  # filled with data.scale by validate_recipe
         cfg[key] = _pair(cfg[key], f"eval.{key}", low=1)
     return cfg
 
@@ -239,6 +253,11 @@ def validate_recipe(recipe, name=None):
         )
     out["train"] = validate_train(recipe.get("train"))
     out["eval"] = validate_eval(recipe.get("eval"))
+    if out["eval"]["scale"] is None:
+        data_scale = out["data"].get("scale") if isinstance(out["data"], dict) else None
+        if data_scale is None:
+            raise _fail("eval.scale", "is not set and the data section has no scale; give eval.scale: [2048, 512]")
+        out["eval"]["scale"] = [int(v) for v in data_scale]
     return out
 
 

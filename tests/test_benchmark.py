@@ -33,7 +33,7 @@ def run_cli(*args):
     )
 
 
-def _params(model):
+def _params(model):  # counted here independently of the library's count_parameters
     return int(sum(np.prod(v.shape) for v in model.trainable_variables))
 
 
@@ -42,7 +42,6 @@ def test_segnext_t_gflops_match_the_paper(ssa, paper):
     """SegNeXt-T, 150 classes, 512x512: the paper's 6.2 (baseline) / 6.3 (SSA) GFLOPs within 3%."""
     model = build_segmentor(
         {"family": "segnext", "size": "t", "num_classes": 150, "ssa": ssa},
-        load_pretrained=False,
         training=False,
     )
     macs = count_macs(model, (512, 512))
@@ -96,11 +95,11 @@ def test_benchmark_command_end_to_end(tmp_path):
     from ssaseg_keras.recipes import load_recipe
 
     recipe = load_recipe("recipes/quickstart.yaml", TINY)
-    trained = build_segmentor(recipe["model"], load_pretrained=False, training=True)
+    trained = build_segmentor(recipe["model"], training=True)
     assert ssa["params_training"] == _params(trained)
     assert ssa["params_inference"] == _params(inference_model(trained))
     assert ssa["params_training"] > ssa["params_inference"] > base["params_inference"]
-    plain = build_segmentor({**recipe["model"], "ssa": False}, load_pretrained=False)
+    plain = build_segmentor({**recipe["model"], "ssa": False})
     assert base["params_training"] == base["params_inference"] == _params(plain)
     assert ssa["macs"]["paper"] == count_macs(inference_model(trained), (64, 64))["paper"]
 

@@ -181,16 +181,25 @@ def test_imagenet_pretrained_mscan(tmp_path, state):
     weights["head.bias"] = torch.zeros(1000)
     path = tmp_path / "mscan_tiny_imagenet.pth"
     torch.save({"state_dict": weights}, path)
-    model = build_segmentor(tiny_config(ssa=True, pretrained=str(path)))
+    model = build_segmentor(tiny_config(ssa=True))
+    report = load_pretrained_backbone(model, path)
     np.testing.assert_array_equal(
         ops.convert_to_numpy(model.backbone.get_layer("block3_1").layer_scale_1),
         state["backbone.block3.1.layer_scale_1"],
     )
-    report = load_pretrained_backbone(model, path)
     assert report.num_loaded == 218 and {"head.weight", "head.bias"} <= set(report.skipped)
-    # What training prints: the count, by part, and the skipped names.
-    assert model.pretrained_report.num_loaded == 218
-    text = model.pretrained_report.describe()
+    # Training loads `model.pretrained` itself and prints the count, by part, and the skipped names.
+    from ssaseg_keras.recipes import validate_recipe
+    from ssaseg_keras.training.trainer import build_training_model
+
+    recipe = validate_recipe({"model": tiny_config(ssa=True, pretrained=str(path)), "data": {"source": "synthetic", "num_classes": 7}})
+    trained = build_training_model(recipe)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(trained.backbone.get_layer("block3_1").layer_scale_1),
+        state["backbone.block3.1.layer_scale_1"],
+    )
+    assert trained.pretrained_report.num_loaded == 218
+    text = trained.pretrained_report.describe()
     assert text.startswith("loaded 218 weights (block1: 36, ") and "not used: head.weight, head.bias;" in text
     assert text.endswith("skipped 15 buffers without weights")
 

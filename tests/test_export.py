@@ -50,7 +50,7 @@ def make_checkpoint(work_dir):
         }
     )
     keras.utils.set_random_seed(7)
-    model = build_segmentor(recipe["model"], load_pretrained=False, training=True)
+    model = build_segmentor(recipe["model"], training=True)
     return save_checkpoint(work_dir, model, None, 2, recipe)
 
 
@@ -92,7 +92,7 @@ def test_export_writes_checked_saved_model(exported):
     assert os.path.isfile(os.path.join(version, "saved_model.pb"))
     assert os.path.isdir(os.path.join(version, "variables"))
     metadata = json.load(open(os.path.join(version, "assets.extra", "ssaseg_export.json")))
-    assert metadata["trained_backend"] == BACKEND and metadata["reference_backend"] == BACKEND
+    assert metadata["trained_backend"] == BACKEND and metadata["sample_predictions_backend"] == BACKEND
     assert metadata["num_classes"] == NUM_CLASSES and metadata["input_dtype"] == "uint8"
     assert metadata["preprocessing"] == "zero-pad to a multiple of 32"
 
@@ -102,10 +102,10 @@ def test_saved_model_matches_keras_at_a_new_size(exported):
     """Batch 3 at 33x47 (not a multiple of 32): labels/probabilities vs the Keras model on this backend."""
     import tensorflow as tf
 
-    from ssaseg_keras.export.reference import (
+    from ssaseg_keras.export.samples import (
         fixed_nmf_bases,
+        keras_logits,
         nmf_seed,
-        reference_logits,
         sample_images,
         softmax,
     )
@@ -124,7 +124,7 @@ def test_saved_model_matches_keras_at_a_new_size(exported):
     source = resolve_source(exported["work_dir"])
     model = load_inference_model(source)
     with fixed_nmf_bases(model, nmf_seed(model)):
-        logits = reference_logits(model, images, source.mean, source.std)
+        logits = keras_logits(model, images, source.mean, source.std)
     assert (logits.argmax(-1) == labels).mean() >= 0.999
     np.testing.assert_allclose(probabilities, softmax(logits.astype("float64")), atol=1e-4)
     # The same request twice gives the same answer (no random state in the served graph).
@@ -245,7 +245,7 @@ def test_segformer_exports_and_serves_any_size(tmp_path):
     """SegFormer (keras-cv MiT, grid carried explicitly) serves images of any size, like SegNeXt."""
     import tensorflow as tf
 
-    from ssaseg_keras.export.reference import reference_logits, sample_images
+    from ssaseg_keras.export.samples import keras_logits, sample_images
     from ssaseg_keras.export.source import resolve_source
     from ssaseg_keras.models import build_segmentor
 
@@ -265,5 +265,5 @@ def test_segformer_exports_and_serves_any_size(tmp_path):
     labels = serve(images=tf.constant(images))["labels"].numpy()
     assert labels.shape == (2, 45, 70)
     source = resolve_source(path)
-    logits = reference_logits(model, images, source.mean, source.std)
+    logits = keras_logits(model, images, source.mean, source.std)
     assert (logits.argmax(-1) == labels).mean() >= 0.999

@@ -15,8 +15,9 @@ from models_helpers import (
     golden_image_nhwc,
 )
 
+from ssaseg_keras.layers import DropPath
 from ssaseg_keras.models import build_segmentor, inference_model, model_summary_counts
-from ssaseg_keras.models.backbones.mscan import DropPath, MSCANBackbone
+from ssaseg_keras.models.backbones.mscan import MSCANBackbone
 from ssaseg_keras.models.heads.ham_head import NMF2D, LightHamHead
 
 

@@ -22,6 +22,7 @@ from ssaseg_keras.recipes import validate_recipe
 from ssaseg_keras.training import checkpoint as ckpt
 from ssaseg_keras.training.optimizer import GroupedAdamW, WarmupPolyDecay, parameter_groups
 from ssaseg_keras.training.trainer import build_training_model, train
+from ssaseg_keras.utils.errors import CheckpointError, UserError
 
 
 def tiny_recipe(**train_overrides):
@@ -125,12 +126,20 @@ def test_grouped_adamw_updates_a_group_at_once_on_torch(monkeypatch):
     if BACKEND != "torch":
         pytest.skip("JAX and TensorFlow compile the per-variable update")
     variables = [keras.Variable(np.ones((2, 3), "float32"), name=f"w{i}") for i in range(4)]
-    optimizer = GroupedAdamW(groups={variables[0].path: (10.0, 0.0)}, learning_rate=1e-2, weight_decay=0.1)
+    groups = {v.path: (10.0, 0.0) if i == 0 else (1.0, 1.0) for i, v in enumerate(variables)}
+    optimizer = GroupedAdamW(groups=groups, learning_rate=1e-2, weight_decay=0.1)
     calls = []
     monkeypatch.setattr(GroupedAdamW, "update_step", lambda self, *a: calls.append(a))
     optimizer.apply([keras.ops.ones((2, 3))] * 4, variables)
     assert calls == []
     assert all(float(keras.ops.max(v)) < 1.0 for v in variables)  # every variable did move
+
+
+def test_grouped_adamw_refuses_variables_without_a_group():
+    variables = [keras.Variable(np.ones((2,), "float32"), name=f"v{i}") for i in range(2)]
+    optimizer = GroupedAdamW(groups={variables[0].path: (10.0, 0.0)}, learning_rate=1e-2)
+    with pytest.raises(ValueError, match="1 variables have no group"):
+        optimizer.build(variables)
 
 
 # ------------------------------------------------------------------ training
@@ -154,8 +163,12 @@ def test_fit_reports_every_term_the_loss_falls_and_evaluate_runs():
         assert len(history[name]) == 8 and np.isfinite(history[name]).all(), name
     losses = history["loss"]
     assert losses[-1] < 0.8 * losses[0], losses
+    # `evaluate` runs the inference model: only `main_ce` is computed, so only it is reported.
     result = model.evaluate(images, labels, verbose=0, return_dict=True)
-    assert set(result) >= {"loss", *LOSS_TERMS} and result["main_ce"] > 0 and np.isfinite(result["loss"])
+    assert set(result) == {"loss", "main_ce"} and result["main_ce"] > 0 and result["loss"] == pytest.approx(result["main_ce"])
+    assert model.test_on_batch(images, labels, return_dict=True).keys() == {"loss", "main_ce"}
+    with pytest.raises(UserError, match="takes no sample_weight"):
+        model.fit(images, labels, sample_weight=np.ones((2, 32, 32), "float32"), epochs=1, verbose=0)
 
 
 @pytest.mark.slow
@@ -211,13 +224,143 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, trained_ti
     summary = train(tiny_recipe(), str(resumed), resume=True, echo=messages.append, load_pretrained=False)
     assert summary["iteration"] == 4
     assert any("resumed from" in m and "iteration 2" in m for m in messages)
-    with np.load(once / "checkpoints" / "iter_0000004" / "variables.npz", allow_pickle=True) as a, np.load(
-        resumed / "checkpoints" / "iter_0000004" / "variables.npz", allow_pickle=True
-    ) as b:
-        assert len(a["__paths__"]) == len(b["__paths__"])
-        for key in a.files:
-            if key != "__paths__":
+    for name in ("variables.npz", "optimizer.npz"):
+        with np.load(once / "checkpoints" / "iter_0000004" / name, allow_pickle=False) as a, np.load(
+            resumed / "checkpoints" / "iter_0000004" / name, allow_pickle=False
+        ) as b:
+            assert sorted(a.files) == sorted(b.files)
+            for key in a.files:
                 np.testing.assert_allclose(a[key], b[key], rtol=1e-5, atol=1e-6, err_msg=key)
+
+
+# ------------------------------------------------------------------ checkpoint format
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A tiny training model with a built optimizer (what `save_checkpoint` writes)."""
+    model = build_training_model(tiny_recipe(), load_pretrained=False)
+    model.optimizer.build(model.trainable_variables)
+    return model
+
+
+def _set_distinct_values(model):
+    """Every variable a different value, so a swap between same-shaped variables shows."""
+    for index, variable in enumerate(model.variables):
+        if "float" in str(variable.dtype):
+            variable.assign(np.full(variable.shape, 0.25 + index, "float32"))
+
+
+def _values(keyed):
+    return {key: np.array(keras.ops.convert_to_numpy(v.value)) for key, v in keyed.items()}
+
+
+@pytest.mark.xdist_group("tiny_model")
+def test_checkpoints_hold_plain_arrays_keyed_by_variable(tmp_path, tiny_model):
+    folder = ckpt.save_checkpoint(str(tmp_path), tiny_model, tiny_model.optimizer, 2, tiny_recipe())
+    with np.load(os.path.join(folder, "variables.npz"), allow_pickle=False) as data:
+        assert {"backbone/block1_0/norm1/gamma", "classifier/conv_seg/kernel", "decode_head/hamburger/ham_in/kernel"} <= set(data.files)
+        assert all(data[key].dtype.kind in "fiub" for key in data.files)
+        assert len(data.files) == len(ckpt.model_variables(tiny_model))
+    with np.load(os.path.join(folder, "optimizer.npz"), allow_pickle=False) as data:
+        assert {"iteration", "slots/classifier/conv_seg/kernel/momentum", "slots/classifier/conv_seg/kernel/velocity"} <= set(data.files)
+    assert json.loads(open(os.path.join(folder, "state.json")).read())["format"] == ckpt.FORMAT_VERSION
+
+
+@pytest.mark.xdist_group("tiny_model")
+def test_restore_matches_by_key_whatever_the_order_and_process_names(tmp_path, tiny_model):
+    """Keys name a variable by its place in the model, not by Keras' process-wide auto names (a model
+    built after others gets other `variable.path`s) nor by position in the file."""
+    _set_distinct_values(tiny_model)
+    folder = ckpt.save_checkpoint(str(tmp_path), tiny_model, tiny_model.optimizer, 2, tiny_recipe())
+    expected = _values(ckpt.model_variables(tiny_model))
+    path = os.path.join(folder, "variables.npz")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in reversed(data.files)}  # same keys, opposite order
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    keras.layers.Dense(2).build((None, 3))  # shifts the auto-generated names of what follows
+    other = build_training_model(tiny_recipe(), load_pretrained=False)
+    assert [v.path for v in other.variables] != [v.path for v in tiny_model.variables]
+    ckpt.restore_model(folder, other)
+    restored = _values(ckpt.model_variables(other))
+    assert restored.keys() == expected.keys()
+    for key in expected:
+        np.testing.assert_array_equal(restored[key], expected[key], err_msg=key)
+    ckpt.restore_optimizer(folder, other.optimizer, other)
+    np.testing.assert_array_equal(
+        _values(ckpt.optimizer_variables(other.optimizer, other))["slots/classifier/conv_seg/kernel/momentum"],
+        _values(ckpt.optimizer_variables(tiny_model.optimizer, tiny_model))["slots/classifier/conv_seg/kernel/momentum"],
+    )
+
+
+@pytest.mark.xdist_group("tiny_model")
+def test_a_checkpoint_of_another_model_names_what_does_not_fit(tmp_path, tiny_model):
+    folder = ckpt.save_checkpoint(str(tmp_path), tiny_model, tiny_model.optimizer, 2, tiny_recipe())
+    recipe = tiny_recipe()
+    recipe["model"] = {**recipe["model"], "ssa": False, "num_classes": 6}
+    from ssaseg_keras.models import build_segmentor
+
+    other = build_segmentor(recipe["model"])
+    with pytest.raises(CheckpointError) as error:
+        ckpt.restore_model(folder, other)
+    message = str(error.value)
+    assert "17 arrays of the file have no place in the model: classifier/center_pos," in message
+    assert "another shape: classifier/conv_seg/kernel (32, 5) (the model's: (32, 6))" in message
+
+
+@pytest.mark.xdist_group("tiny_model")
+def test_checkpoint_files_never_unpickle(tmp_path, tiny_model):
+    """A work dir someone sent runs no code: an object array is refused, not loaded."""
+    import builtins
+
+    class Payload:
+        def __reduce__(self):
+            return (exec, ("import builtins; builtins.SSASEG_PWNED = True",))
+
+    folder = ckpt.save_checkpoint(str(tmp_path), tiny_model, tiny_model.optimizer, 2, tiny_recipe())
+    path = os.path.join(folder, "variables.npz")
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: data[key] for key in data.files}
+    arrays["classifier/conv_seg/kernel"] = np.array([Payload()], dtype=object)
+    with open(path, "wb") as handle:
+        np.savez(handle, **arrays)
+    with pytest.raises(CheckpointError, match="unreadable or corrupt"):
+        ckpt.restore_model(folder, tiny_model)
+    assert not hasattr(builtins, "SSASEG_PWNED")
+    with open(path, "wb") as handle:
+        handle.write(b"not a zip file")
+    with pytest.raises(CheckpointError, match="unreadable or corrupt"):
+        ckpt.restore_model(folder, tiny_model)
+
+
+@pytest.mark.xdist_group("tiny_model")
+def test_a_0_1_checkpoint_is_refused_with_the_fix_and_upgrades(tmp_path, tiny_model, capsys):
+    """The 0.1 format (positional `v00000` arrays, pickled `__paths__`) gets one line naming
+    `ssaseg-keras upgrade-checkpoint`, which rewrites it without unpickling anything."""
+    from ssaseg_keras_cli.main import main
+
+    _set_distinct_values(tiny_model)
+    folder = ckpt.save_checkpoint(str(tmp_path), tiny_model, tiny_model.optimizer, 2, tiny_recipe())
+    metric_ids = {id(v) for m in tiny_model.metrics for v in m.variables}
+    for name, variables in (
+        ("variables.npz", [v for v in tiny_model.variables if id(v) not in metric_ids]),
+        ("optimizer.npz", list(tiny_model.optimizer.variables)),
+    ):  # exactly as 0.1 wrote them
+        arrays = {f"v{i:05d}": keras.ops.convert_to_numpy(v.value) for i, v in enumerate(variables)}
+        arrays["__paths__"] = np.array([v.path for v in variables], dtype=object)
+        with open(os.path.join(folder, name), "wb") as handle:
+            np.savez(handle, **arrays)
+    with pytest.raises(CheckpointError, match="upgrade-checkpoint"):
+        ckpt.restore_model(folder, tiny_model)
+    expected = _values(ckpt.model_variables(tiny_model))
+    assert main(["upgrade-checkpoint", str(tmp_path)]) == 0
+    assert "upgraded" in capsys.readouterr().out
+    assert not ckpt.is_legacy_checkpoint(folder)
+    other = build_training_model(tiny_recipe(), load_pretrained=False)
+    ckpt.restore_model(folder, other)
+    ckpt.restore_optimizer(folder, other.optimizer, other)
+    restored = _values(ckpt.model_variables(other))
+    for key in expected:
+        np.testing.assert_array_equal(restored[key], expected[key], err_msg=key)
 
 
 def test_incomplete_checkpoints_are_never_picked(tmp_path):

@@ -20,9 +20,9 @@ import numpy as np
 
 from ssaseg_keras.benchmark import device as dev
 from ssaseg_keras.benchmark.flops import count_macs
+from ssaseg_keras.utils.conventions import IGNORE_INDEX
 from ssaseg_keras.utils.errors import UserError
-
-IGNORE_INDEX = 255
+from ssaseg_keras.utils.variables import count_parameters
 
 
 def random_batch(batch, size, num_classes, seed=0):
@@ -63,10 +63,6 @@ def median_ms(fn, iters, warmup):
     return statistics.median(samples), samples
 
 
-def _count(variables):
-    return int(sum(int(np.prod(v.shape)) for v in variables))
-
-
 def measure_model(recipe, batch, size, iters, warmup, echo=None):
     """The figures of one recipe's model (see `benchmark`); the global dtype policy is already set."""
     from ssaseg_keras.models import inference_model
@@ -79,7 +75,7 @@ def measure_model(recipe, batch, size, iters, warmup, echo=None):
     keras.utils.set_random_seed(int(recipe["train"]["seed"]))
 
     model = build_training_model(recipe, load_pretrained=False)
-    result = {"ssa": bool(model_cfg["ssa"]), "params_training": _count(model.trainable_variables)}
+    result = {"ssa": bool(model_cfg["ssa"]), "params_training": count_parameters(model.trainable_variables)}
 
     images, labels = random_batch(batch, size, num_classes, seed=int(recipe["train"]["seed"]))
     x = keras.ops.convert_to_tensor(images)
@@ -110,7 +106,7 @@ def measure_model(recipe, batch, size, iters, warmup, echo=None):
     # The inference model is made after training: JAX's compiled step donates (frees) the training
     # model's old weight buffers, which a copy made earlier would still point to.
     infer = inference_model(model)
-    result["params_inference"] = _count(infer.trainable_variables)
+    result["params_inference"] = count_parameters(infer.trainable_variables)
     macs = count_macs(infer, size)
     result.update(gflops=macs["paper"] / 1e9, gflops_total=macs["total"] / 1e9, macs=macs)
 

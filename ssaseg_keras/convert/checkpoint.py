@@ -83,7 +83,7 @@ def convert_checkpoint(path, recipe_or_model, strict=True, overrides=()):
             from ssaseg_keras.recipes import load_recipe
 
             recipe = load_recipe(recipe, overrides=overrides)
-        model = build_segmentor(recipe["model"], load_pretrained=False)
+        model = build_segmentor(recipe["model"], loss_resize_method=recipe["train"]["loss_resize"])
     state = read_torch_checkpoint(path)
     if not any(key.startswith(MODEL_PREFIXES) for key in state):
         raise CheckpointError(

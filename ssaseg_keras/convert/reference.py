@@ -195,12 +195,12 @@ def load_reference_weights(
         arrays[name] = value
 
     mapping = list(reference_mapping(target))
-    missing, mismatched, assignments = [], [], []
+    missing, mismatched, assignments = {}, [], []
     seen = set()
-    for name, variable, transform in mapping:
+    for name, variable, transform in mapping:  # a reference tensor may fill several variables
         seen.add(name)
         if name not in arrays:
-            missing.append(name)
+            missing[name] = None
             continue
         value = transform(to_numpy(arrays[name]).astype("float32"))
         if tuple(value.shape) != tuple(variable.shape):
@@ -227,8 +227,8 @@ def load_reference_weights(
     for problem in problems:
         logger.warning(problem)
 
-    for name, variable, value in assignments:
+    for _, variable, value in assignments:
         variable.assign(value.astype(variable.dtype))
-        report.loaded.append(name)
+    report.loaded.extend(dict.fromkeys(name for name, _, _ in assignments))
     logger.info(report.describe())
     return report

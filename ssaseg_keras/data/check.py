@@ -11,8 +11,8 @@ import numpy as np
 
 from ssaseg_keras.data.config import FILE_SOURCES, validate_data_config
 from ssaseg_keras.data.sources import find_pairs, split_layout
+from ssaseg_keras.utils.conventions import IGNORE_INDEX
 
-IGNORE_INDEX = 255
 MAX_EXAMPLES = 5
 
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 import numbers
 
 from ssaseg_keras.data.catalog import DATASET_DEFAULTS, class_names
+from ssaseg_keras.utils.conventions import MEAN, STD
 from ssaseg_keras.utils.errors import RecipeError
 
 SOURCES = ("ade20k", "coco_stuff10k", "pascal_context59", "folder", "tfds", "synthetic")
 FILE_SOURCES = ("ade20k", "coco_stuff10k", "pascal_context59", "folder")
-
-MEAN = (123.675, 116.28, 103.53)
-STD = (58.395, 57.12, 57.375)
 
 # Keys every source accepts, with their defaults (None: filled per source below).
 COMMON_KEYS = {

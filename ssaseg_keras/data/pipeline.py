@@ -13,14 +13,10 @@ import contextlib
 import logging
 
 from ssaseg_keras.data.config import validate_data_config
-from ssaseg_keras.data.transforms import (
-    IGNORE_INDEX,
-    eval_transform,
-    import_tf,
-    reduce_zero_label,
-    train_transform,
-)
+from ssaseg_keras.data.transforms import eval_transform, reduce_zero_label, train_transform
+from ssaseg_keras.utils.conventions import IGNORE_INDEX
 from ssaseg_keras.utils.errors import DataError
+from ssaseg_keras.utils.tensorflow import import_tensorflow as import_tf
 
 log = logging.getLogger(__name__)
 DECODED_SHUFFLE_BUFFER = 256  # shuffle buffer when whole decoded images are shuffled (cache, tfds)

@@ -60,7 +60,7 @@ def generate(index, seed, image_size, num_classes):
 
     Returns image uint8 (H, W, 3) and label int32 (H, W) with ids in [0, num_classes).
     """
-    from ssaseg_keras.data.transforms import import_tf
+    from ssaseg_keras.utils.tensorflow import import_tensorflow as import_tf
 
     tf = import_tf()
     if num_classes < 2:
@@ -151,7 +151,7 @@ def synthetic_numpy(config, split="train", count=None):
     notebooks and `data check`)."""
     import numpy as np
 
-    from ssaseg_keras.data.transforms import import_tf
+    from ssaseg_keras.utils.tensorflow import import_tensorflow as import_tf
 
     tf = import_tf()
     n = count or (config["num_images"] if split == "train" else config["num_val_images"])

@@ -7,31 +7,8 @@ ignore. Randomness is stateless: every random function takes a `seed` int32/int6
 
 from __future__ import annotations
 
-import os
-
-IGNORE_INDEX = 255
-_GPU_HIDDEN = False
-
-
-def import_tf():
-    """Imports TensorFlow; when Keras runs on JAX or PyTorch, first hides the GPUs from TensorFlow so
-    tf.data does not take device memory."""
-    global _GPU_HIDDEN
-    import tensorflow as tf
-
-    if not _GPU_HIDDEN:
-        _GPU_HIDDEN = True
-        backend = os.environ.get("KERAS_BACKEND")
-        if backend is None:
-            import keras
-
-            backend = keras.backend.backend()
-        if backend != "tensorflow":
-            try:
-                tf.config.set_visible_devices([], "GPU")
-            except (RuntimeError, ValueError):  # already initialised: nothing left to do
-                pass
-    return tf
+from ssaseg_keras.utils.conventions import IGNORE_INDEX, normalize
+from ssaseg_keras.utils.tensorflow import import_tensorflow as import_tf
 
 
 def split_seed(seed, n):
@@ -214,12 +191,6 @@ def photometric_distortion(image, seed, brightness_delta=32, contrast_range=(0.5
     image = hue(image)
     image = tf.cond(contrast_first, lambda: image, lambda: contrast(image, 3))
     return image
-
-
-def normalize(image, mean, std):
-    """(image - mean) / std per RGB channel, float32."""
-    tf = import_tf()
-    return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
 def pad_to(image, label, size):

@@ -19,9 +19,10 @@ import time
 import numpy as np
 
 from ssaseg_keras.export.check_saved_model import CHECK_FILE
-from ssaseg_keras.export.reference import fixed_input_size, nmf_seed, reference_arrays
+from ssaseg_keras.export.samples import fixed_input_size, nmf_seed, sample_predictions
 from ssaseg_keras.export.source import load_inference_model, resolve_source
 from ssaseg_keras.utils.errors import UserError
+from ssaseg_keras.utils.files import replace_dir
 
 INPUT_DTYPES = ("uint8", "float32")
 METADATA_FILE = os.path.join("assets.extra", "ssaseg_export.json")
@@ -108,18 +109,6 @@ def run_check(path, images=(), echo=print):
     return result
 
 
-def _publish(tmp, target):
-    """Rename `tmp` to `target`, replacing an existing `target` (removed after the rename)."""
-    if os.path.exists(target):
-        old = tempfile.mkdtemp(prefix=".old-", dir=os.path.dirname(target))
-        os.rmdir(old)
-        os.replace(target, old)
-        os.replace(tmp, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, target)
-
-
 def export_saved_model(
     source_path,
     output,
@@ -171,7 +160,7 @@ def export_saved_model(
             _write_in_child(source, saved, input_dtype, with_probabilities)
             model = load_inference_model(source)
         os.makedirs(os.path.join(saved, "assets.extra"), exist_ok=True)
-        arrays = reference_arrays(model, source.mean, source.std)
+        arrays = sample_predictions(model, source.mean, source.std)
         with open(os.path.join(saved, CHECK_FILE), "wb") as handle:
             np.savez_compressed(handle, **arrays)
         metadata = {
@@ -180,7 +169,7 @@ def export_saved_model(
             "iteration": source.iteration,
             "trained_backend": source.trained_backend,
             "exported_with_backend": "tensorflow",
-            "reference_backend": backend,
+            "sample_predictions_backend": backend,
             "input_dtype": input_dtype,
             "outputs": ["labels", "probabilities"] if with_probabilities else ["labels"],
             "num_classes": int(model.num_classes),
@@ -197,7 +186,7 @@ def export_saved_model(
             json.dump(metadata, handle, indent=2)
         # Checked before it is published; the report names the final path.
         result = run_check(saved, echo=lambda line: echo(line.replace(saved, target)))
-        _publish(saved, target)
+        replace_dir(saved, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     echo(f"wrote {target} (TF Serving model base path: {output}, version {version})")

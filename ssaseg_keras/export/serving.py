@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from ssaseg_keras.export.reference import SIZE_DIVISOR, fixed_input_size, fixed_nmf_bases, nmf_seed
+from ssaseg_keras.export.samples import fixed_input_size, fixed_nmf_bases, nmf_seed
+from ssaseg_keras.utils.conventions import SIZE_DIVISOR, normalize
 
 SIGNATURE_KEY = "serving_default"
 
@@ -37,15 +38,14 @@ class SegmentationServer(tf.Module):
         super().__init__(name="ssaseg_server")
         self._holder = _Untracked(model)  # only the variables are saved, not Keras' own signature
         self.model_variables = list(model.variables)
-        self.mean = tf.constant(mean, tf.float32)
-        self.std = tf.constant(std, tf.float32)
+        self.mean, self.std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
         self.fixed_size = fixed_input_size(model)
         self.with_probabilities = bool(with_probabilities)
         spec = tf.TensorSpec([None, None, None, 3], tf.as_dtype(input_dtype), name="images")
         self.serve = tf.function(self._serve, input_signature=[spec])
 
     def _serve(self, images):
-        x = (tf.cast(images, tf.float32) - self.mean) / self.std
+        x = normalize(tf.cast(images, tf.float32), self.mean, self.std)
         height, width = tf.shape(x)[1], tf.shape(x)[2]
         if self.fixed_size is not None:
             x = _resize(x, self.fixed_size)

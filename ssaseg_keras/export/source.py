@@ -24,7 +24,7 @@ def _data_section(recipe_path):
     from ssaseg_keras.recipes import load_recipe
 
     if recipe_path is None:
-        from ssaseg_keras.data.config import MEAN, STD
+        from ssaseg_keras.utils.conventions import MEAN, STD
 
         return {"mean": MEAN, "std": STD}
     return load_recipe(recipe_path)["data"]
@@ -64,30 +64,6 @@ def resolve_source(path, recipe_path=None):
 
 def load_inference_model(source):
     """The teacher-free `Segmentor` of an `ExportSource`, on the current Keras backend."""
-    from ssaseg_keras.models import inference_model
+    from ssaseg_keras.training.loading import load_trained_model
 
-    if source.kind == "keras":
-        import keras
-
-        # Register every serializable class a Segmentor file may name.
-        import ssaseg_keras.models.backbones.mit  # noqa: F401
-        import ssaseg_keras.models.backbones.mscan  # noqa: F401
-        import ssaseg_keras.models.heads.ham_head  # noqa: F401
-        import ssaseg_keras.models.heads.segformer_head  # noqa: F401
-
-        try:
-            model = keras.saving.load_model(source.path, compile=False)
-        except Exception as error:  # a corrupt or foreign file
-            raise CheckpointError(
-                f"{source.path} could not be loaded as a Keras model ({error})"
-            ) from error
-        if not hasattr(model, "classifier") or not hasattr(model, "decode_head"):
-            raise CheckpointError(f"{source.path} is not an ssaseg-keras Segmentor model")
-        return inference_model(model)
-    from ssaseg_keras.models import build_segmentor
-    from ssaseg_keras.training.checkpoint import read_recipe, restore_model
-
-    recipe = read_recipe(source.path)
-    model = build_segmentor(recipe["model"], load_pretrained=False, training=True)
-    restore_model(source.path, model)
-    return inference_model(model)
+    return load_trained_model(source.path, inference=True)[0]

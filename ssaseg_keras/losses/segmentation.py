@@ -10,7 +10,6 @@ import math
 
 from keras import ops
 
-IGNORE_INDEX = 255
 # mmseg 0.30 divides a mean over non-ignored pixels by (count + float32 eps).
 FLOAT32_EPS = 1.1920928955078125e-07
 

@@ -11,6 +11,10 @@ tests and the benchmarks all call it. Terms (names are the public keys of the re
 - `dice_refined`, `dice_teacher`  sigmoid dice of R and T per (image, present class).
 - `semantic_distill`  class-relation matrices of S learn the teacher's (inter-class separation).
 - `spatial_distill`   soft cross-entropy from the teacher's spatial prototypes Tpos to Pp.
+
+Each term is multiplied by its weight (`DEFAULT_SSA_LOSS_WEIGHTS`: the reference's 10 for
+`semantic_distill`, 0.4 for `spatial_distill`, 1 for the others; `weights=` for ablations), and the
+returned values are the weighted ones, as the reference logs them.
 """
 
 from __future__ import annotations
@@ -41,6 +45,11 @@ ENTROPY_EPS = 1e-12
 SEMANTIC_DISTILL_WEIGHT = 10.0
 SPATIAL_DISTILL_WEIGHT = 0.4
 BOUNDARY_FRAME = 6
+DEFAULT_SSA_LOSS_WEIGHTS = {
+    **{term: 1.0 for term in LOSS_TERMS},
+    "semantic_distill": SEMANTIC_DISTILL_WEIGHT,
+    "spatial_distill": SPATIAL_DISTILL_WEIGHT,
+}
 
 
 # OpenCV's fixed-point tangent of 22.5 degrees (CANNY_SHIFT = 15).
@@ -161,22 +170,30 @@ def class_relations(prototypes, scale):
     return ops.softmax(scale * ops.einsum("bkc,bjc->bkj", normed, ops.stop_gradient(normed)), axis=-1)
 
 
-def semantic_distillation(semantic, teacher_semantic, scale):
-    """10 * mean over (image, class) of sum_j relu(Rel(S) - Rel(stop_grad(Tsem))) off the diagonal."""
+def semantic_distillation(semantic, teacher_semantic, scale, weight=SEMANTIC_DISTILL_WEIGHT):
+    """weight (10) * mean over (image, class) of sum_j relu(Rel(S) - Rel(stop_grad(Tsem))) off the diagonal."""
     num_classes = semantic.shape[1]
     off_diagonal = 1.0 - ops.eye(num_classes, dtype="float32")
     diff = (class_relations(semantic, scale) - class_relations(ops.stop_gradient(teacher_semantic), scale))
     diff = diff * off_diagonal
-    return SEMANTIC_DISTILL_WEIGHT * ops.mean(ops.sum(ops.relu(diff), axis=-1))
+    return weight * ops.mean(ops.sum(ops.relu(diff), axis=-1))
 
 
-def spatial_distillation(spatial, teacher_spatial):
-    """0.4 * mean over (image, class) of the soft CE from softmax_C(stop_grad(Tpos)) to Pp."""
+def spatial_distillation(spatial, teacher_spatial, weight=SPATIAL_DISTILL_WEIGHT):
+    """weight (0.4) * mean over (image, class) of the soft CE from softmax_C(stop_grad(Tpos)) to Pp."""
     target = ops.softmax(ops.stop_gradient(teacher_spatial), axis=-1)
-    return SPATIAL_DISTILL_WEIGHT * ops.mean(-ops.sum(target * ops.log_softmax(spatial, axis=-1), axis=-1))
+    return weight * ops.mean(-ops.sum(target * ops.log_softmax(spatial, axis=-1), axis=-1))
 
 
-def ssa_loss_terms(classifier, features, labels, student=None, resize_method="matmul"):
+def full_loss_weights(weights=None):
+    """`DEFAULT_SSA_LOSS_WEIGHTS` updated by `weights` ({term: weight}); ValueError on an unknown term."""
+    unknown = sorted(set(weights or {}) - set(LOSS_TERMS))
+    if unknown:
+        raise ValueError(f"unknown SSA loss terms {unknown}; the terms are {', '.join(LOSS_TERMS)}")
+    return {**DEFAULT_SSA_LOSS_WEIGHTS, **{k: float(v) for k, v in (weights or {}).items()}}
+
+
+def ssa_loss_terms(classifier, features, labels, student=None, resize_method="matmul", weights=None):
     """All eight SSA-Seg training losses.
 
     Args:
@@ -188,10 +205,13 @@ def ssa_loss_terms(classifier, features, labels, student=None, resize_method="ma
             computed by the model's forward pass (it is recomputed, without dropout, if omitted).
         resize_method: how logits are upsampled to label size (`resize_bilinear`'s `method`: the
             same sampling either way; `benchmarks/loss_step.py --resize` compares their speed).
+        weights: {term: weight} overriding `DEFAULT_SSA_LOSS_WEIGHTS` (the reference's).
 
     Returns:
-        dict of the eight float32 scalars named in `LOSS_TERMS`; their sum is the training loss.
+        dict of the eight weighted float32 scalars named in `LOSS_TERMS`; their sum is the
+        training loss.
     """
+    weights = full_loss_weights(weights)
     if student is None:
         student = classifier.forward_student(features, training=False)
     label_size = (int(labels.shape[1]), int(labels.shape[2]))
@@ -215,7 +235,7 @@ def ssa_loss_terms(classifier, features, labels, student=None, resize_method="ma
     coarse_up, coarse_picked = upsampled(coarse, align_corners=True)
     teacher_up, teacher_picked = upsampled(teacher_logits, align_corners=True)
     class_counts = class_pixel_counts(labels, num_classes)
-    return {
+    terms = {
         "main_ce": cross_entropy(refined_main, labels, "all", picked=refined_main_picked),
         "coarse_ce": cross_entropy(coarse_up, labels, "valid", picked=coarse_picked),
         "teacher_ce": cross_entropy(teacher_up, labels, "valid", picked=teacher_picked),
@@ -223,9 +243,16 @@ def ssa_loss_terms(classifier, features, labels, student=None, resize_method="ma
         "dice_refined": dice_loss(refined_up, labels, class_counts, picked=refined_picked),
         "dice_teacher": dice_loss(teacher_up, labels, class_counts, picked=teacher_picked),
         "semantic_distill": semantic_distillation(
-            student["semantic_prototypes"], teacher["semantic"], classifier.scale
+            student["semantic_prototypes"], teacher["semantic"], classifier.scale, weights["semantic_distill"]
         ),
-        "spatial_distill": spatial_distillation(student["spatial_prototypes"], teacher["spatial"]),
+        "spatial_distill": spatial_distillation(
+            student["spatial_prototypes"], teacher["spatial"], weights["spatial_distill"]
+        ),
+    }
+    weighted_inside = ("semantic_distill", "spatial_distill")
+    return {
+        name: value if name in weighted_inside or weights[name] == 1.0 else value * weights[name]
+        for name, value in terms.items()
     }
 
 

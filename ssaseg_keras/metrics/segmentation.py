@@ -12,6 +12,7 @@ import numpy as np
 from keras import ops
 
 from ssaseg_keras.ops.resize import resize_logits
+from ssaseg_keras.utils.conventions import IGNORE_INDEX
 
 
 def metrics_from_confusion(confusion, class_names=None):
@@ -55,7 +56,7 @@ class SegmentationMetrics(keras.metrics.Metric):
     def __init__(
         self,
         num_classes,
-        ignore_index=255,
+        ignore_index=IGNORE_INDEX,
         class_names=None,
         name="mean_iou",
         dtype="float32",

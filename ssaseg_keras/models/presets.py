@@ -26,12 +26,12 @@ SEGNEXT_PRESETS = {
 }
 
 SEGFORMER_PRESETS = {
-    "b0": {"backbone": {"embed_dims": [32, 64, 160, 256], "depths": [2, 2, 2, 2]}, "head": {"channels": 256}},
-    "b1": {"backbone": {"embed_dims": [64, 128, 320, 512], "depths": [2, 2, 2, 2]}, "head": {"channels": 256}},
-    "b2": {"backbone": {"embed_dims": [64, 128, 320, 512], "depths": [3, 4, 6, 3]}, "head": {"channels": 768}},
-    "b3": {"backbone": {"embed_dims": [64, 128, 320, 512], "depths": [3, 4, 18, 3]}, "head": {"channels": 768}},
-    "b4": {"backbone": {"embed_dims": [64, 128, 320, 512], "depths": [3, 8, 27, 3]}, "head": {"channels": 768}},
-    "b5": {"backbone": {"embed_dims": [64, 128, 320, 512], "depths": [3, 6, 40, 3]}, "head": {"channels": 768}},
+    "b0": {"backbone": {"embed_dims": [32, 64, 160, 256], "depths": [2, 2, 2, 2], "drop_path_rate": 0.1}, "head": {"channels": 256}},
+    "b1": {"backbone": {"embed_dims": [64, 128, 320, 512], "depths": [2, 2, 2, 2], "drop_path_rate": 0.1}, "head": {"channels": 256}},
+    "b2": {"backbone": {"embed_dims": [64, 128, 320, 512], "depths": [3, 4, 6, 3], "drop_path_rate": 0.1}, "head": {"channels": 768}},
+    "b3": {"backbone": {"embed_dims": [64, 128, 320, 512], "depths": [3, 4, 18, 3], "drop_path_rate": 0.1}, "head": {"channels": 768}},
+    "b4": {"backbone": {"embed_dims": [64, 128, 320, 512], "depths": [3, 8, 27, 3], "drop_path_rate": 0.1}, "head": {"channels": 768}},
+    "b5": {"backbone": {"embed_dims": [64, 128, 320, 512], "depths": [3, 6, 40, 3], "drop_path_rate": 0.1}, "head": {"channels": 768}},
 }
 
 PRESETS = {"segnext": SEGNEXT_PRESETS, "segformer": SEGFORMER_PRESETS}

@@ -11,19 +11,29 @@ Outputs:
   `spatial_prototypes`, `semantic_prototypes`), so the student runs once per step.
 
 `compute_loss` (Keras 3's portable hook, the same on TensorFlow, JAX and PyTorch) returns the sum of
-the loss terms -- the eight of `ssa_loss_terms` for SSA, `main_ce` for the baseline -- and reports
-each term as a metric of the same name. Called on inference outputs (`evaluate`) it reports
-`main_ce` of the image-size logits.
+the loss terms -- the eight of `ssa_loss_terms` (weighted by `ssa_loss_weights`) for SSA, `main_ce`
+for the baseline -- and reports each term as a metric of the same name. Called on inference
+outputs (`evaluate`, `test_on_batch`) it computes and reports only `main_ce` of the image-size
+logits.
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import keras
 from keras import ops
 
 from ssaseg_keras.layers.ssa import SSAClassifier
-from ssaseg_keras.losses.ssa import LOSS_TERMS, baseline_loss_terms, ssa_loss_terms
-from ssaseg_keras.ops.resize import resize_bilinear
+from ssaseg_keras.losses.ssa import (
+    LOSS_TERMS,
+    baseline_loss_terms,
+    full_loss_weights,
+    ssa_loss_terms,
+)
+from ssaseg_keras.ops.resize import RESIZE_METHODS, resize_bilinear
+from ssaseg_keras.utils.errors import UserError
+from ssaseg_keras.utils.variables import variable_keys
 
 
 @keras.saving.register_keras_serializable(package="ssaseg_keras")
@@ -65,6 +75,11 @@ class Segmentor(keras.Model):
         backbone: a functional model from images to the list of 4 stage features (NHWC).
         decode_head: a layer from that list to the features F (B, h, w, C).
         classifier: `PixelClassifier` (baseline) or `SSAClassifier`.
+        loss_resize_method: how the losses upsample logits to label size ("matmul" or "gather":
+            the same numbers, a speed choice per device; the recipe's `train.loss_resize`).
+        ssa_loss_weights: SSA only, {term: weight} for the eight terms (missing terms take
+            `ssaseg_keras.losses.DEFAULT_SSA_LOSS_WEIGHTS`, the reference's: 10 for `semantic_distill`, 0.4 for
+            `spatial_distill`, 1 for the rest).
 
     Call:
         `model(images, training=False)`: images (B, H, W, 3), normalised, H and W multiples of 32
@@ -73,16 +88,26 @@ class Segmentor(keras.Model):
     `compute_loss(x, y, y_pred)`: y = integer labels (B, H, W) (or (B, H, W, 1)), 255 = ignore.
     """
 
-    def __init__(self, backbone, decode_head, classifier, **kwargs):
+    def __init__(self, backbone, decode_head, classifier, loss_resize_method="matmul", ssa_loss_weights=None, **kwargs):
         super().__init__(**kwargs)
         self.backbone = backbone
         self.decode_head = decode_head
         self.classifier = classifier
+        if loss_resize_method not in RESIZE_METHODS:
+            raise ValueError(f"loss_resize_method must be one of {RESIZE_METHODS}, got {loss_resize_method!r}")
+        self.loss_resize_method = loss_resize_method
+        if self.is_ssa:
+            try:
+                self.ssa_loss_weights = full_loss_weights(ssa_loss_weights)
+            except ValueError as error:
+                raise UserError(f"ssa_loss_weights: {error}") from error
+        elif ssa_loss_weights:
+            raise UserError("ssa_loss_weights: only an SSA model (an SSAClassifier) has these loss terms")
+        else:
+            self.ssa_loss_weights = None
         self.loss_term_names = list(LOSS_TERMS) if self.is_ssa else ["main_ce"]
-        # The losses' upsampling (`resize_bilinear`'s method): a speed choice, same numbers; set by
-        # `build_training_model` from the recipe's `train.loss_resize`.
-        self.loss_resize_method = "matmul"
         self.loss_trackers = [keras.metrics.Mean(name=name) for name in self.loss_term_names]
+        self._reported_terms = None  # None: every term; else the names `evaluate` computes
 
     @property
     def is_ssa(self):
@@ -127,11 +152,22 @@ class Segmentor(keras.Model):
         if self.is_ssa:
             student = {k: v for k, v in y_pred.items() if k not in ("logits", "features")}
             return ssa_loss_terms(
-                self.classifier, y_pred["features"], labels, student=student, resize_method=method
+                self.classifier,
+                y_pred["features"],
+                labels,
+                student=student,
+                resize_method=method,
+                weights=self.ssa_loss_weights,
             )
         return baseline_loss_terms(y_pred["logits"], labels, resize_method=method)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        if sample_weight is not None:
+            raise UserError(
+                "Segmentor.compute_loss takes no sample_weight: SSA-Seg's terms (dice, distillations) "
+                "are not per-pixel sums. Mark pixels to leave out with the label 255, or use "
+                "model.ssa_loss_weights to weight whole terms."
+            )
         terms = self.loss_terms(y, y_pred)
         total = ops.convert_to_tensor(0.0, dtype="float32")
         for name, tracker in zip(self.loss_term_names, self.loss_trackers):
@@ -142,6 +178,33 @@ class Segmentor(keras.Model):
             total = total + ops.cast(extra, "float32")
         return total
 
+    # ------------------------------------------------------------- metrics
+    @property
+    def metrics(self):
+        # While `evaluate` runs only `main_ce` is computed (inference outputs hold no SSA
+        # intermediates): the other trackers are left out of its logs instead of reading 0.
+        metrics = super().metrics
+        if self._reported_terms is None:
+            return metrics
+        hidden = {id(t) for t, n in zip(self.loss_trackers, self.loss_term_names) if n not in self._reported_terms}
+        return [m for m in metrics if id(m) not in hidden]
+
+    @contextlib.contextmanager
+    def _reporting_only(self, names):
+        previous, self._reported_terms = self._reported_terms, tuple(names)
+        try:
+            yield
+        finally:
+            self._reported_terms = previous
+
+    def evaluate(self, *args, **kwargs):
+        with self._reporting_only(["main_ce"]):
+            return super().evaluate(*args, **kwargs)
+
+    def test_on_batch(self, *args, **kwargs):
+        with self._reporting_only(["main_ce"]):
+            return super().test_on_batch(*args, **kwargs)
+
     # ----------------------------------------------------------------- config
     def get_config(self):
         return {
@@ -149,6 +212,8 @@ class Segmentor(keras.Model):
             "backbone": keras.saving.serialize_keras_object(self.backbone),
             "decode_head": keras.saving.serialize_keras_object(self.decode_head),
             "classifier": keras.saving.serialize_keras_object(self.classifier),
+            "loss_resize_method": self.loss_resize_method,
+            "ssa_loss_weights": self.ssa_loss_weights,
         }
 
     @classmethod
@@ -181,47 +246,35 @@ def inference_model(model):
     decode_head = keras.saving.deserialize_keras_object(
         keras.saving.serialize_keras_object(model.decode_head)
     )
-    new = Segmentor(backbone, decode_head, classifier, name=model.name)
+    new = Segmentor(
+        backbone,
+        decode_head,
+        classifier,
+        loss_resize_method=model.loss_resize_method,
+        ssa_loss_weights=model.ssa_loss_weights,
+        name=model.name,
+    )
     new.build()
-    _copy_variables(model.backbone, new.backbone)
-    _copy_variables(model.decode_head, new.decode_head)
-    _copy_variables(old_classifier, classifier, allow_extra_source=True)
+    copy_variables(model.backbone, new.backbone)
+    copy_variables(model.decode_head, new.decode_head)
+    copy_variables(old_classifier, classifier, allow_extra_source=True)
     return new
 
 
-def _relative_paths(layer):
-    """{variable path below `layer`: variable} for its weights (paths relative to the layer's name)."""
-    out = {}
-    marker = f"{layer.name}/"
-    for variable in layer.variables:
-        path = variable.path
-        if "seed_generator" in path:  # random-generator states: matched by order instead
-            continue
-        path = path[path.index(marker) + len(marker) :] if marker in path else path
-        out[path] = variable
-    return out
-
-
-def _seed_states(layer):
-    return [v for v in layer.variables if "seed_generator" in v.path]
-
-
-def _copy_variables(source, target, allow_extra_source=False):
-    """Assign source's weights to target's (matched by path) and its random-generator states (in order).
-
-    Copying the generator states makes both models draw the same NMF bases / dropout masks next.
+def copy_variables(source, target, allow_extra_source=False):
+    """Assign source's variables (weights, statistics, random-generator states) to target's, matched
+    by `variable_keys`; copying the generator states makes both draw the same NMF bases / dropout
+    masks next. `allow_extra_source`: source may hold more (the teacher an inference model drops).
     """
-    sources = _relative_paths(source)
-    targets = _relative_paths(target)
+    sources = variable_keys(source)
+    targets = variable_keys(target)
     missing = sorted(set(targets) - set(sources))
     extra = sorted(set(sources) - set(targets))
-    if missing or (extra and not allow_extra_source):
+    mis_shaped = sorted(k for k in set(sources) & set(targets) if tuple(sources[k].shape) != tuple(targets[k].shape))
+    if missing or mis_shaped or (extra and not allow_extra_source):
         raise ValueError(
-            f"Cannot copy the weights of {source.name} into {target.name}: "
-            f"missing {missing}, unexpected {extra}."
+            f"Cannot copy the variables of {source.name} into {target.name}: "
+            f"missing {missing}, unexpected {extra}, shapes differ {mis_shaped}."
         )
-    for path, variable in targets.items():
-        variable.assign(sources[path])
-    for source_state, target_state in zip(_seed_states(source), _seed_states(target)):
-        if tuple(source_state.shape) == tuple(target_state.shape):
-            target_state.assign(source_state)
+    for key, variable in targets.items():
+        variable.assign(sources[key])

@@ -2,31 +2,47 @@
 
 A checkpoint is a folder `iter_0000800/` in `<work_dir>/checkpoints/` holding
     variables.npz   every model variable (weights, BatchNorm statistics, random-generator states),
-                    by index, with their paths (checked on load)
-    optimizer.npz   every optimizer variable (iteration counter, Adam moments, loss scale, ...)
-    state.json      iteration, best mIoU so far, backend, precision, time
+                    one plain numeric array per variable, keyed by its place in the model
+                    (`ssaseg_keras.utils.variables.variable_keys`, e.g. `backbone/block1_0/norm1/gamma`)
+    optimizer.npz   every optimizer variable (iteration counter, Adam moments keyed by their
+                    model variable, loss scale, ...), the same way
+    state.json      format version, iteration, best mIoU so far, backend, precision, time
     recipe.yaml     the resolved recipe the model was built from
-It is written into a hidden temporary folder and renamed into place, so a run killed at any moment
-leaves either a whole checkpoint or none; temporary leftovers are never picked and are cleaned up.
-NumPy arrays are backend-neutral: a checkpoint written on one backend resumes on the others.
+Nothing in a checkpoint is code: the arrays are read with `np.load(allow_pickle=False)` and the YAML
+with `yaml.safe_load`, so resuming, evaluating or exporting a work dir someone sent runs none of its
+contents. Loading matches arrays by key and names every missing, unexpected or mis-shaped one.
+A checkpoint is written into a hidden temporary folder and renamed into place, so a run killed at
+any moment leaves either a whole checkpoint or none; temporary leftovers are never picked and are
+cleaned up. NumPy arrays are backend-neutral: a checkpoint written on one backend resumes on the others.
+
+Checkpoints of ssaseg-keras 0.1 (`v00000...` arrays matched by position, paths pickled) are refused
+with a line naming `ssaseg-keras upgrade-checkpoint`, which rewrites them (`upgrade_checkpoint`).
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
 import shutil
 import tempfile
 import time
+import zipfile
 
 import numpy as np
 import yaml
 
 from ssaseg_keras.utils.errors import CheckpointError
+from ssaseg_keras.utils.files import replace_dir
+from ssaseg_keras.utils.variables import variable_keys
 
 CHECKPOINT_PATTERN = re.compile(r"^iter_(\d{7,})$")
+LEGACY_ARRAY = re.compile(r"^v\d{5}$")
 BEST_NAME = "best"
+FORMAT_VERSION = 2
+LISTED = 8  # names listed per kind of mismatch in an error
+READ_ERRORS = (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError)
 
 
 def _array(variable):
@@ -36,37 +52,100 @@ def _array(variable):
 
 
 def model_variables(model):
-    """The model's variables that a checkpoint holds, in a fixed order (metrics excluded)."""
-    metric_ids = {id(v) for metric in model.metrics for v in metric.variables}
-    return [v for v in model.variables if id(v) not in metric_ids]
+    """{key: variable} of what a checkpoint holds of `model`, in a fixed order (metrics excluded)."""
+    metric_variables = [v for metric in model.metrics for v in metric.variables]
+    return variable_keys(model, exclude=metric_variables)
 
 
-def _write_arrays(path, variables):
-    arrays = {f"v{i:05d}": _array(v) for i, v in enumerate(variables)}
-    arrays["__paths__"] = np.array([v.path for v in variables], dtype=object)
+def optimizer_variables(optimizer, model):
+    """{key: variable} of a built optimizer's state.
+
+    A slot of a model variable (Adam's `momentum`, a gradient accumulator) is keyed
+    `slots/<model key>/<slot>`; the optimizer's own counters by their names (`iteration`,
+    `dynamic_scale`, ...), under `inner_optimizer/` for the one a LossScaleOptimizer wraps.
+    Keras names a slot `<model variable path with / as _>_<slot>`, which identifies its variable.
+    """
+    keys_of = {id(v): k for k, v in model_variables(model).items()}
+    by_prefix = {v.path.replace("/", "_"): keys_of[id(v)] for v in model.trainable_variables if id(v) in keys_of}
+    inner = getattr(optimizer, "inner_optimizer", None)
+    inner_ids = {id(v) for v in inner.variables} if inner is not None else set()
+    keys = collections.OrderedDict()
+    for variable in optimizer.variables:
+        scope = "inner_optimizer/" if id(variable) in inner_ids else ""
+        parts = variable.name.split("_")
+        key = f"{scope}{variable.name}"
+        for cut in range(len(parts) - 1, 0, -1):
+            prefix = "_".join(parts[:cut])
+            if prefix in by_prefix:
+                key = f"{scope}slots/{by_prefix[prefix]}/{'_'.join(parts[cut:])}"
+                break
+        if key in keys:
+            raise CheckpointError(f"two optimizer variables would both be stored as {key!r}")
+        keys[key] = variable
+    return keys
+
+
+def _write_arrays(path, keyed):
     with open(path, "wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, **{key: _array(variable) for key, variable in keyed.items()})
 
 
-def _read_arrays(path, variables, what):
+def _names(items):
+    items = list(items)
+    return ", ".join(items[:LISTED]) + (f", ... ({len(items)} in all)" if len(items) > LISTED else "")
+
+
+def _is_legacy(files):
+    return "__paths__" in files or any(LEGACY_ARRAY.match(name) for name in files)
+
+
+def _upgrade_hint(path):
+    checkpoint = os.path.dirname(os.path.abspath(path))
+    return (
+        f"{path} is in the checkpoint format of ssaseg-keras 0.1 (arrays matched by position, paths "
+        f"pickled), which is no longer read; rewrite it once with `ssaseg-keras upgrade-checkpoint "
+        f"{checkpoint}` (for checkpoints you wrote yourself: it matches by position, as 0.1 did)"
+    )
+
+
+def _read_arrays(path, keyed, what):
+    """{key: array} for every key of `keyed`, checked against the file by key and shape."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path} is missing: the checkpoint is incomplete; use another one")
     try:
-        with np.load(path, allow_pickle=True) as data:
-            paths = list(data["__paths__"])
-            values = [data[f"v{i:05d}"] for i in range(len(paths))]
-    except (OSError, ValueError, KeyError) as error:
-        raise CheckpointError(f"{path} is unreadable or corrupt ({error}); use another checkpoint") from error
-    if len(paths) != len(variables):
+        with np.load(path, allow_pickle=False) as data:
+            files = list(data.files)
+            if _is_legacy(files):
+                raise CheckpointError(_upgrade_hint(path))
+            values = {key: data[key] for key in files if key in keyed}
+    except READ_ERRORS as error:
         raise CheckpointError(
-            f"{path} holds {len(paths)} {what} variables but the model has {len(variables)}: "
-            "the checkpoint was written for another recipe (model section)"
+            f"{path} is unreadable or corrupt ({type(error).__name__}: {error}); use another checkpoint"
+        ) from error
+    missing = [key for key in keyed if key not in values]
+    unexpected = [key for key in files if key not in keyed]
+    mis_shaped = [
+        f"{key} {tuple(values[key].shape)} (the {what}'s: {tuple(keyed[key].shape)})"
+        for key in keyed
+        if key in values and tuple(values[key].shape) != tuple(keyed[key].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} {what} variables are not in the file: {_names(missing)}")
+    if unexpected:
+        problems.append(f"{len(unexpected)} arrays of the file have no place in the {what}: {_names(unexpected)}")
+    if mis_shaped:
+        problems.append(f"{len(mis_shaped)} have another shape: {_names(mis_shaped)}")
+    if problems:
+        raise CheckpointError(
+            f"{path} does not fit this {what} (written for another recipe or precision?): " + "; ".join(problems)
         )
-    for saved_path, value, variable in zip(paths, values, variables):
-        if tuple(value.shape) != tuple(variable.shape):
-            raise CheckpointError(
-                f"{path}: {what} variable {saved_path} has shape {value.shape}, the model's "
-                f"{variable.path} has {tuple(variable.shape)}: the checkpoint does not fit this recipe"
-            )
     return values
+
+
+def _assign(keyed, values):
+    for key, variable in keyed.items():
+        variable.assign(values[key])
 
 
 def save_checkpoint(work_dir, model, optimizer, iteration, recipe, extra_state=None, keep=3, best=False):
@@ -80,44 +159,40 @@ def save_checkpoint(work_dir, model, optimizer, iteration, recipe, extra_state=N
     root = os.path.join(work_dir, "checkpoints")
     os.makedirs(root, exist_ok=True)
     final = os.path.join(root, f"iter_{int(iteration):07d}")
-    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
-    try:
-        _write_arrays(os.path.join(tmp, "variables.npz"), model_variables(model))
-        if optimizer is not None and optimizer.built:
-            _write_arrays(os.path.join(tmp, "optimizer.npz"), list(optimizer.variables))
-        with open(os.path.join(tmp, "recipe.yaml"), "w", encoding="utf-8") as handle:
-            yaml.safe_dump(recipe, handle, sort_keys=False)
-        state = {
-            "iteration": int(iteration),
-            "backend": keras.backend.backend(),
-            "precision": keras.config.dtype_policy().name,
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            **(extra_state or {}),
-        }
-        with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as handle:
-            json.dump(state, handle, indent=2)
-        _replace_dir(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    state = {
+        "format": FORMAT_VERSION,
+        "iteration": int(iteration),
+        "backend": keras.backend.backend(),
+        "precision": keras.config.dtype_policy().name,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        **(extra_state or {}),
+    }
+    optimizer_state = optimizer_variables(optimizer, model) if optimizer is not None and optimizer.built else None
+    _write_folder(final, model_variables(model), optimizer_state, recipe, state)
     if best:
         best_tmp = tempfile.mkdtemp(prefix=".tmp-", dir=root)
         shutil.rmtree(best_tmp)
         shutil.copytree(final, best_tmp)
-        _replace_dir(best_tmp, os.path.join(root, BEST_NAME))
+        replace_dir(best_tmp, os.path.join(root, BEST_NAME))
     prune_checkpoints(root, keep)
     return final
 
 
-def _replace_dir(src, dst):
-    """Rename src to dst, replacing an existing dst (the old one is removed after the rename)."""
-    if os.path.exists(dst):
-        old = dst + f".old-{os.getpid()}"
-        os.replace(dst, old)
-        os.replace(src, dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(src, dst)
+def _write_folder(final, model_state, optimizer_state, recipe, state):
+    """Write a checkpoint folder's four files into a temporary sibling and rename it to `final`."""
+    tmp = tempfile.mkdtemp(prefix=".tmp-", dir=os.path.dirname(os.path.abspath(final)))
+    try:
+        _write_arrays(os.path.join(tmp, "variables.npz"), model_state)
+        if optimizer_state is not None:
+            _write_arrays(os.path.join(tmp, "optimizer.npz"), optimizer_state)
+        with open(os.path.join(tmp, "recipe.yaml"), "w", encoding="utf-8") as handle:
+            yaml.safe_dump(recipe, handle, sort_keys=False)
+        with open(os.path.join(tmp, "state.json"), "w", encoding="utf-8") as handle:
+            json.dump(state, handle, indent=2)
+        replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def list_checkpoints(root):
@@ -189,21 +264,84 @@ def read_recipe(checkpoint):
 
 
 def restore_model(checkpoint, model):
-    """Assign a checkpoint's model variables (weights, statistics, generator states)."""
-    variables = model_variables(model)
-    values = _read_arrays(os.path.join(checkpoint, "variables.npz"), variables, "model")
-    for variable, value in zip(variables, values):
-        variable.assign(value)
+    """Assign a checkpoint's model variables (weights, statistics, generator states), matched by key."""
+    keyed = model_variables(model)
+    _assign(keyed, _read_arrays(os.path.join(checkpoint, "variables.npz"), keyed, "model"))
 
 
-def restore_optimizer(checkpoint, optimizer, trainable_variables):
-    """Build the optimizer on the model's variables and assign its saved state."""
+def restore_optimizer(checkpoint, optimizer, model):
+    """Build the optimizer on the model's trainable variables and assign its saved state by key."""
     path = os.path.join(checkpoint, "optimizer.npz")
     if not os.path.isfile(path):
         raise CheckpointError(f"{checkpoint} has no optimizer state (optimizer.npz); it cannot be resumed")
     if not optimizer.built:
-        optimizer.build(trainable_variables)
-    variables = list(optimizer.variables)
-    values = _read_arrays(path, variables, "optimizer")
-    for variable, value in zip(variables, values):
-        variable.assign(value)
+        optimizer.build(model.trainable_variables)
+    keyed = optimizer_variables(optimizer, model)
+    _assign(keyed, _read_arrays(path, keyed, "optimizer"))
+
+
+# ------------------------------------------------------------------ the 0.1 format
+def is_legacy_checkpoint(checkpoint):
+    """True when `checkpoint`'s variables.npz is in the 0.1 positional format."""
+    try:
+        with np.load(os.path.join(checkpoint, "variables.npz"), allow_pickle=False) as data:
+            return _is_legacy(data.files)
+    except READ_ERRORS as error:
+        raise CheckpointError(f"{checkpoint}/variables.npz is unreadable or corrupt ({error})") from error
+
+
+def _legacy_values(path, keyed, what):
+    """{key: array} from a 0.1 file's `v00000..` arrays taken in order (the pickled `__paths__`
+    array is never read), every shape checked."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = [data[name] for name in sorted(n for n in data.files if LEGACY_ARRAY.match(n))]
+    except READ_ERRORS as error:
+        raise CheckpointError(f"{path} is unreadable or corrupt ({error})") from error
+    if len(arrays) != len(keyed):
+        raise CheckpointError(
+            f"{path} holds {len(arrays)} {what} arrays but the {what} built from its recipe has "
+            f"{len(keyed)}: it cannot be upgraded by position"
+        )
+    for value, (key, variable) in zip(arrays, keyed.items()):
+        if tuple(value.shape) != tuple(variable.shape):
+            raise CheckpointError(
+                f"{path}: the {what} array for {key} has shape {value.shape}, the {what}'s "
+                f"{tuple(variable.shape)}: it cannot be upgraded by position"
+            )
+    return dict(zip(keyed, arrays))
+
+
+def upgrade_checkpoint(checkpoint):
+    """Rewrite a 0.1 checkpoint folder in place (atomically) in the keyed format.
+
+    Rebuilds the model and optimizer from the checkpoint's recipe.yaml and precision and takes the
+    arrays in the order 0.1 wrote them (`model.variables`, `optimizer.variables`), checking every
+    shape, exactly as 0.1 restored them. Returns False when the folder is in the new format already.
+    """
+    import keras
+
+    from ssaseg_keras.training.trainer import build_training_model
+
+    if not is_legacy_checkpoint(checkpoint):
+        return False
+    recipe, state = read_recipe(checkpoint), read_state(checkpoint)
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(state.get("precision") or recipe["train"]["precision"])
+    try:
+        model = build_training_model(recipe, load_pretrained=False)
+        model_state = model_variables(model)
+        _assign(model_state, _legacy_values(os.path.join(checkpoint, "variables.npz"), model_state, "model"))
+        optimizer_state = None
+        optimizer_path = os.path.join(checkpoint, "optimizer.npz")
+        if os.path.isfile(optimizer_path):
+            model.optimizer.build(model.trainable_variables)
+            optimizer_state = optimizer_variables(model.optimizer, model)
+            key_of = {id(v): k for k, v in optimizer_state.items()}
+            positional = collections.OrderedDict((key_of[id(v)], v) for v in model.optimizer.variables)
+            _assign(positional, _legacy_values(optimizer_path, positional, "optimizer"))
+        state = {**state, "format": FORMAT_VERSION, "upgraded_from_format": 1}
+        _write_folder(checkpoint, model_state, optimizer_state, recipe, state)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    return True

@@ -1,11 +1,17 @@
-"""Evaluation: streaming mIoU over a recipe's validation split, optionally with flip / multi-scale TTA.
+"""Evaluation: streaming mIoU over a recipe's validation split, whole or sliding-window, with flip /
+multi-scale TTA.
 
-Mode "whole" (the reference's): each image is resized keeping its ratio to the recipe's eval scale,
-zero-padded on the bottom/right to a multiple of 32, predicted whole, the logits cropped back,
-resized (bilinear, half-pixel) to the label's original size and arg-maxed. With TTA ("ms+flip" or
-"flip"), softmax probabilities of every scale ratio and flip are averaged at the label's size
-first, as mmseg's aug_test does. The confusion matrix streams over the split, so memory does not grow
-with its size. Every result names its mode.
+Every image is first resized keeping its ratio to the recipe's `eval.scale` and normalised
+(`data.transforms.eval_transform`, the same for `evaluate` and `predict`). Then, by `eval.mode`:
+- "whole" (the reference's default): the image is zero-padded bottom/right to a multiple of 32,
+  predicted whole, the logits cropped back;
+- "slide" (mmseg's slide inference): windows of `eval.crop_size` every `eval.stride`, the last
+  window of each row and column flush with the border; each window's logits are added to their
+  place and every pixel divided by the number of windows that cover it.
+The logits are resized (bilinear, half-pixel) to the label's original size and arg-maxed. With TTA
+("flip", scale ratios), softmax probabilities of every ratio and flip are averaged at the label's
+size first, as mmseg's aug_test does; slide or whole runs inside each. The confusion matrix streams
+over the split, so memory does not grow with its size. Every result names its mode.
 """
 
 from __future__ import annotations
@@ -16,22 +22,29 @@ import numpy as np
 from keras import ops
 
 from ssaseg_keras.ops.resize import resize_bilinear
+from ssaseg_keras.utils.conventions import SIZE_DIVISOR
 
-SIZE_DIVISOR = 32
+EVAL_MODES = ("whole", "slide")
 
 
-def eval_mode_name(flip=False, scales=(1.0,)):
+def eval_mode_name(mode="whole", crop_size=None, stride=None, flip=False, scales=(1.0,)):
+    """The mode string every reported mIoU carries, e.g. "whole", "slide 512x512 stride 341x341",
+    "whole, ms+flip [0.5, 0.75, 1.0]"."""
+    if mode == "slide":
+        base = f"slide {crop_size[0]}x{crop_size[1]} stride {stride[0]}x{stride[1]}"
+    else:
+        base = "whole"
     scales = tuple(float(s) for s in scales)
     if scales == (1.0,) and not flip:
-        return "whole"
+        return base
     name = "ms" if scales != (1.0,) else ""
     if flip:
         name = f"{name}+flip" if name else "flip"
-    return f"whole, {name} {list(scales)}" if scales != (1.0,) else f"whole, {name}"
+    return f"{base}, {name} {list(scales)}" if scales != (1.0,) else f"{base}, {name}"
 
 
 def predict_logits(model, image):
-    """Logits (1, h, w, K) float32 for one image (1, h, w, 3) of any size (padded to /32 inside)."""
+    """Logits (B, h, w, K) float32 for images (B, h, w, 3) of any size (padded to /32 inside)."""
     height, width = int(image.shape[1]), int(image.shape[2])
     padded_h = math.ceil(height / SIZE_DIVISOR) * SIZE_DIVISOR
     padded_w = math.ceil(width / SIZE_DIVISOR) * SIZE_DIVISOR
@@ -41,8 +54,46 @@ def predict_logits(model, image):
     return np.asarray(logits)[:, :height, :width]
 
 
-def predict_probabilities(model, image, label_size, flip=False, scales=(1.0,)):
-    """Class probabilities (1, H, W, K) at label_size, averaged over scale ratios and flips."""
+def slide_windows(height, width, crop_size, stride):
+    """[(y1, y2, x1, x2)] of mmseg's slide inference: a grid every `stride`, windows of
+    `crop_size` clipped to the image, the last of each row / column moved flush with the border."""
+    crop_h, crop_w = crop_size
+    stride_h, stride_w = stride
+    rows = max(height - crop_h + stride_h - 1, 0) // stride_h + 1
+    cols = max(width - crop_w + stride_w - 1, 0) // stride_w + 1
+    windows = []
+    for row in range(rows):
+        for col in range(cols):
+            y2, x2 = min(row * stride_h + crop_h, height), min(col * stride_w + crop_w, width)
+            windows.append((max(y2 - crop_h, 0), y2, max(x2 - crop_w, 0), x2))
+    return windows
+
+
+def slide_logits(model, image, crop_size, stride):
+    """Logits (B, h, w, K) of images (B, h, w, 3): every window's logits summed at their place and
+    divided by the per-pixel window count (mmseg's `slide_inference`)."""
+    height, width = int(image.shape[1]), int(image.shape[2])
+    total = count = None
+    for y1, y2, x1, x2 in slide_windows(height, width, crop_size, stride):
+        logits = predict_logits(model, np.ascontiguousarray(image[:, y1:y2, x1:x2]))
+        if total is None:
+            total = np.zeros((image.shape[0], height, width, logits.shape[-1]), "float32")
+            count = np.zeros((height, width), "float32")
+        total[:, y1:y2, x1:x2] += logits
+        count[y1:y2, x1:x2] += 1.0
+    return total / count[None, :, :, None]
+
+
+def infer_logits(model, image, eval_config=None):
+    """Logits (B, h, w, K) of normalised images (B, h, w, 3) by the recipe's `eval` mode."""
+    eval_config = eval_config or {}
+    if eval_config.get("mode", "whole") == "slide":
+        return slide_logits(model, image, eval_config["crop_size"], eval_config["stride"])
+    return predict_logits(model, image)
+
+
+def predict_probabilities(model, image, label_size, flip=False, scales=(1.0,), eval_config=None):
+    """Class probabilities (B, H, W, K) at label_size, averaged over scale ratios and flips."""
     total = None
     for scale in scales:
         scaled = image
@@ -51,7 +102,7 @@ def predict_probabilities(model, image, label_size, flip=False, scales=(1.0,)):
             scaled = np.asarray(ops.convert_to_numpy(resize_bilinear(image, size)))
         for flipped in (False, True) if flip else (False,):
             view = scaled[:, :, ::-1] if flipped else scaled
-            logits = predict_logits(model, np.ascontiguousarray(view))
+            logits = infer_logits(model, np.ascontiguousarray(view), eval_config)
             if flipped:
                 logits = logits[:, :, ::-1]
             resized = resize_bilinear(np.ascontiguousarray(logits), label_size)
@@ -60,31 +111,44 @@ def predict_probabilities(model, image, label_size, flip=False, scales=(1.0,)):
     return total
 
 
+def predict_labels(model, image, label_size, eval_config=None, flip=False, scales=(1.0,)):
+    """Class ids (B, H, W) int32 at label_size of normalised images (B, h, w, 3), and the logits
+    (or, with TTA, the averaged probabilities) (B, H, W, K) they are the argmax of."""
+    if flip or tuple(scales) != (1.0,):
+        scores = predict_probabilities(model, image, label_size, flip, scales, eval_config)
+    else:
+        scores = np.asarray(ops.convert_to_numpy(resize_bilinear(infer_logits(model, image, eval_config), label_size)))
+    return np.argmax(scores, axis=-1).astype("int32"), scores
+
+
+def evaluation_data_config(recipe):
+    """The recipe's data section with the evaluation's resize scale (`eval.scale`)."""
+    return {**recipe["data"], "scale": list(recipe["eval"]["scale"])}
+
+
 def evaluate_model(model, recipe, flip=False, scales=(1.0,), max_images=None, echo=None):
     """mIoU, mAcc, aAcc and per-class IoU/Acc (percent) of `model` on the recipe's validation split.
 
     Returns a dict with those keys (per-class lists hold None for classes that do not count, as
-    mmseg's NaN), `class_names`, `mode` (e.g. "whole") and `num_images`.
+    mmseg's NaN), `class_names`, `mode` (e.g. "whole" or "slide 512x512 stride 341x341") and
+    `num_images`.
     """
     from ssaseg_keras.data import build_dataset, dataset_info
     from ssaseg_keras.data.pipeline import explain_data_errors
     from ssaseg_keras.metrics.segmentation import SegmentationMetrics
 
+    eval_config = recipe["eval"]
     info = dataset_info(recipe["data"])
     metric = SegmentationMetrics(info["num_classes"], class_names=info["class_names"])
-    dataset = build_dataset(recipe["data"], "val", batch_size=1, return_meta=True)
+    dataset = build_dataset(evaluation_data_config(recipe), "val", batch_size=1, return_meta=True)
     with explain_data_errors(recipe["data"], "val"):
         count = 0
         for images, labels, meta in dataset.as_numpy_iterator():
             h, w = (int(v) for v in meta["image_shape"][0])
             lh, lw = (int(v) for v in meta["label_shape"][0])
             image, label = images[:, :h, :w], labels[:, :lh, :lw]
-            if flip or tuple(scales) != (1.0,):
-                prediction = np.argmax(predict_probabilities(model, image, (lh, lw), flip, scales), axis=-1)
-            else:
-                logits = resize_bilinear(predict_logits(model, image), (lh, lw))
-                prediction = np.asarray(ops.convert_to_numpy(ops.argmax(logits, axis=-1)))
-            metric.update_state(label, prediction.astype("int32"))
+            prediction, _ = predict_labels(model, image, (lh, lw), eval_config, flip, scales)
+            metric.update_state(label, prediction)
             count += 1
             if max_images and count >= max_images:
                 break
@@ -100,13 +164,13 @@ def evaluate_model(model, recipe, flip=False, scales=(1.0,), max_images=None, ec
         "IoU": percent(results["IoU"]),
         "Acc": percent(results["Acc"]),
         "class_names": list(info["class_names"]),
-        "mode": eval_mode_name(flip, scales),
+        "mode": eval_mode_name(eval_config["mode"], eval_config["crop_size"], eval_config["stride"], flip, scales),
         "num_images": count,
     }
 
 
 def make_evaluator(recipe):
-    """A `model -> results` function for the training loop (whole mode, no TTA)."""
+    """A `model -> results` function for the training loop (the recipe's eval mode, no TTA)."""
 
     def evaluate(model):
         return evaluate_model(model, recipe)

@@ -1,11 +1,13 @@
 """The reference's optimizer: AdamW with mmcv parameter groups, and its warm-up + poly schedule.
 
 Parameter groups follow mmcv's `paramwise_cfg.custom_keys` exactly, applied to each weight's
-*reference* name (e.g. `backbone.block1.0.norm1.weight`, `decode_head.conv_seg.weight`) so that the
+*reference* name (e.g. `backbone.block1.0.norm1.weight`, `decode_head.conv_seg.weight`), so the
 same weights get the same treatment as in the reference: the longest matching key wins (ties by
-alphabetical order) and only that key's multipliers apply. SegNeXt's recipe uses
-`{"pos_block": decay 0, "norm": decay 0, "head": lr x10}`. Weights without a reference name (e.g.
-keras-cv's MiT) are matched on their Keras path.
+alphabetical order) and only that key's multipliers apply. The SSA-Seg recipes use
+`{"pos_block": decay 0, "norm": decay 0, "head": lr x10}`. The names come from the model's
+registered reference mapping (`ssaseg_keras.convert`); a model with a trainable weight that has no
+reference name is an error, not a guess from Keras paths (which name keras-cv's attention layers
+`.../seg_former_multihead_attention/dense/kernel`: "head" would match).
 
 `GroupedAdamW` is Keras' AdamW with a learning-rate and a weight-decay multiplier per variable:
 the multiplier scales Adam's *step* (scaling gradients would not, Adam being scale-invariant), and
@@ -15,8 +17,13 @@ through Keras' own backend update, so PyTorch gets Keras' multi-tensor (foreach)
 
 from __future__ import annotations
 
+import collections
+
 import keras
 from keras import ops
+
+from ssaseg_keras.utils.errors import UserError
+from ssaseg_keras.utils.variables import count_parameters
 
 DEFAULT_CUSTOM_KEYS = {
     "pos_block": {"decay_mult": 0.0},
@@ -26,50 +33,64 @@ DEFAULT_CUSTOM_KEYS = {
 
 
 def reference_names(model):
-    """{id(variable): reference name} for the variables a reference mapping covers."""
+    """{id(variable): reference name} of every trainable variable of `model`.
+
+    Raises:
+        UserError naming the model part without a registered reference mapping, or the trainable
+        variables that the mapping does not name.
+    """
     from ssaseg_keras.convert.reference import reference_mapping
 
     try:
-        return {id(variable): name for name, variable, _ in reference_mapping(model)}
-    except TypeError:  # no mapping registered for this model
-        return {}
+        names = {id(variable): name for name, variable, _ in reference_mapping(model)}
+    except TypeError as error:  # no mapping registered for the model or one of its parts
+        raise UserError(
+            f"parameter groups of {model.name}: {error} The lr/decay multipliers are applied to the "
+            "reference's parameter names, so every part of the model needs one."
+        ) from error
+    unnamed = [v.path for v in model.trainable_variables if id(v) not in names]
+    if unnamed:
+        raise UserError(
+            f"parameter groups of {model.name}: {len(unnamed)} trainable variables have no reference "
+            f"name ({', '.join(unnamed[:5])}{', ...' if len(unnamed) > 5 else ''}); extend the part's "
+            "reference mapping (ssaseg_keras.convert.register_reference_mapping)."
+        )
+    return names
+
+
+def multipliers_of(name, custom_keys=None):
+    """mmcv's (lr_mult, decay_mult) for one reference parameter name under `custom_keys`."""
+    keys = custom_keys or DEFAULT_CUSTOM_KEYS
+    for key in sorted(sorted(keys), key=len, reverse=True):
+        if key in name:
+            return float(keys[key].get("lr_mult", 1.0)), float(keys[key].get("decay_mult", 1.0))
+    return 1.0, 1.0
 
 
 def parameter_groups(model, custom_keys=None, head_lr_mult=None):
     """{variable.path: (lr_mult, decay_mult)} for the model's trainable variables (mmcv's rule).
 
     Args:
-        model: a built model; reference names come from its registered reference mapping.
+        model: a built model with a registered reference mapping (every `build_segmentor` model).
         custom_keys: {substring: {"lr_mult": x, "decay_mult": y}}; default `DEFAULT_CUSTOM_KEYS`.
         head_lr_mult: overrides the "head" key's lr_mult (the recipe's `train.head_lr_mult`).
     """
     keys = {k: dict(v) for k, v in (custom_keys or DEFAULT_CUSTOM_KEYS).items()}
     if head_lr_mult is not None and "head" in keys:
         keys["head"]["lr_mult"] = float(head_lr_mult)
-    ordered = sorted(sorted(keys), key=len, reverse=True)
     names = reference_names(model)
-    groups = {}
+    return {variable.path: multipliers_of(names[id(variable)], keys) for variable in model.trainable_variables}
+
+
+def describe_groups(model, groups):
+    """One line per (lr_mult, decay_mult): how many tensors and parameters, e.g. for the run's log."""
+    by_group = collections.defaultdict(list)
     for variable in model.trainable_variables:
-        name = names.get(id(variable))
-        if name is None:
-            name = _keras_name(model, variable)
-        multipliers = (1.0, 1.0)
-        for key in ordered:
-            if key in name:
-                multipliers = (float(keys[key].get("lr_mult", 1.0)), float(keys[key].get("decay_mult", 1.0)))
-                break
-        groups[variable.path] = multipliers
-    return groups
-
-
-def _keras_name(model, variable):
-    """A reference-like name for a variable without a reference mapping: its path, where the
-    segmentor's `decode_head`/`classifier` parts read as `decode_head.*` (so "head" matches)."""
-    path = variable.path
-    for part, prefix in ((getattr(model, "decode_head", None), "decode_head."), (getattr(model, "classifier", None), "decode_head.")):
-        if part is not None and any(v is variable for v in part.variables):
-            return prefix + path
-    return path
+        by_group[groups[variable.path]].append(variable)
+    return [
+        f"lr x{lr:g} decay x{decay:g}: {len(variables)} tensors, {count_parameters(variables):,} parameters"
+        for (lr, decay), variables in sorted(by_group.items())
+    ]
 
 
 @keras.saving.register_keras_serializable(package="ssaseg_keras")
@@ -138,8 +159,8 @@ class GroupedAdamW(_backend_adamw()):
     """AdamW with per-variable learning-rate and weight-decay multipliers.
 
     Args:
-        groups: {variable.path: (lr_mult, decay_mult)} (see `parameter_groups`); variables not
-            listed use (1, 1).
+        groups: {variable.path: (lr_mult, decay_mult)} (see `parameter_groups`); every variable
+            must be listed (empty: (1, 1) for all).
         **kwargs: keras.optimizers.AdamW's arguments.
     """
 
@@ -149,6 +170,13 @@ class GroupedAdamW(_backend_adamw()):
 
     def build(self, variables):
         super().build(variables)
+        if self.groups:
+            ungrouped = [v.path for v in variables if v.path not in self.groups]
+            if ungrouped:  # e.g. groups made for another model: never fall back to (1, 1) silently
+                raise ValueError(
+                    f"GroupedAdamW: {len(ungrouped)} variables have no group ({', '.join(ungrouped[:5])}); "
+                    "make the groups with parameter_groups(model) for the model being trained"
+                )
         self._lr_mults = [self.groups.get(v.path, (1.0, 1.0))[0] for v in variables]
         self._decay_mults = [self.groups.get(v.path, (1.0, 1.0))[1] for v in variables]
 
@@ -193,12 +221,13 @@ class GroupedAdamW(_backend_adamw()):
         return {**super().get_config(), "groups": {k: list(v) for k, v in self.groups.items()}}
 
 
-def build_optimizer(model, train_config):
+def build_optimizer(model, train_config, groups=None):
     """The recipe's optimizer for `model`: GroupedAdamW with the warm-up + poly schedule.
 
     Args:
         model: the built segmentor.
         train_config: the recipe's validated `train:` section.
+        groups: `parameter_groups(model, ...)` when already computed (else computed here).
     """
     accumulate = int(train_config.get("accumulate_steps", 1) or 1)
     schedule = WarmupPolyDecay(
@@ -217,7 +246,7 @@ def build_optimizer(model, train_config):
     if accumulate > 1:
         kwargs["gradient_accumulation_steps"] = accumulate
     return GroupedAdamW(
-        groups=parameter_groups(model, head_lr_mult=train_config.get("head_lr_mult", 10.0)),
+        groups=groups or parameter_groups(model, head_lr_mult=train_config.get("head_lr_mult", 10.0)),
         learning_rate=schedule,
         beta_1=float(betas[0]),
         beta_2=float(betas[1]),

@@ -1,4 +1,4 @@
-"""Loading a trained model (checkpoint, work dir or .keras file) and predicting label maps for images."""
+"""Predicting label maps for image files with a trained model (see `training.loading` for loading it)."""
 
 from __future__ import annotations
 
@@ -6,36 +6,9 @@ import os
 
 import numpy as np
 
-from ssaseg_keras.utils.errors import CheckpointError, UserError
+from ssaseg_keras.utils.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-
-
-def load_trained_model(path, recipe=None):
-    """(model, recipe) from a training checkpoint folder, a work dir (its latest checkpoint) or a
-    `.keras` file. A `.keras` file carries no recipe: pass `recipe` for its data normalisation and
-    class names (else the defaults of the model's class count are used)."""
-    import keras
-
-    from ssaseg_keras.models import build_segmentor
-    from ssaseg_keras.training import checkpoint as ckpt
-
-    path = os.fspath(path)
-    if path.endswith(".keras"):
-        if not os.path.isfile(path):
-            raise CheckpointError(f"model file {path!r} does not exist")
-        import ssaseg_keras.models  # noqa: F401  (registers the serializable classes)
-
-        try:
-            model = keras.saving.load_model(path, compile=False)
-        except Exception as error:  # a corrupt or foreign file
-            raise CheckpointError(f"{path!r} is not a readable ssaseg-keras .keras model ({error})") from error
-        return model, recipe
-    checkpoint = ckpt.resolve_checkpoint(path)
-    saved_recipe = ckpt.read_recipe(checkpoint)
-    model = build_segmentor(saved_recipe["model"], load_pretrained=False, training=True)
-    ckpt.restore_model(checkpoint, model)
-    return model, recipe or saved_recipe
 
 
 def list_images(path):
@@ -64,36 +37,27 @@ def read_image(path):
         raise UserError(f"{path!r} is not a readable image ({error})") from error
 
 
-def keep_ratio_size(height, width, scale):
-    """mmcv's keep-ratio rescale: the largest size with long side <= max(scale), short <= min(scale)."""
-    long_edge, short_edge = max(scale), min(scale)
-    factor = min(long_edge / max(height, width), short_edge / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+def preprocess_image(image, recipe):
+    """An RGB uint8 image (H, W, 3) resized keeping its ratio to `eval.scale` and normalised with the
+    recipe's mean/std: (1, h, w, 3) float32, exactly as evaluation's tf.data pipeline does it."""
+    from ssaseg_keras.data.transforms import eval_transform
+    from ssaseg_keras.training.evaluation import evaluation_data_config
+
+    data = evaluation_data_config(recipe)
+    return np.asarray(eval_transform(image, data))[None]
 
 
 def predict_image(model, image, recipe, return_logits=False):
-    """Label map (H, W) int32 at the image's size (and the logits (H, W, K) when asked).
+    """Label map (H, W) int32 at the image's size (and the scores (H, W, K) when asked).
 
-    The image (H, W, 3) uint8 RGB is resized keeping its ratio to the recipe's eval scale,
-    normalised with the recipe's mean/std, predicted whole (padded to /32) and the logits resized back.
+    The image (H, W, 3) uint8 RGB is preprocessed as evaluation does (`preprocess_image`), predicted
+    by the recipe's `eval.mode` (whole or slide) and the logits resized back to (H, W).
     """
-    from keras import ops
+    from ssaseg_keras.training.evaluation import predict_labels
 
-    from ssaseg_keras.ops.resize import resize_bilinear
-    from ssaseg_keras.training.evaluation import predict_logits
-
-    data = recipe["data"] if recipe else {}
-    mean = np.asarray(data.get("mean", (123.675, 116.28, 103.53)), "float32")
-    std = np.asarray(data.get("std", (58.395, 57.12, 57.375)), "float32")
-    scale = (recipe or {}).get("eval", {}).get("scale") or data.get("scale") or (2048, 512)
     height, width = image.shape[:2]
-    size = keep_ratio_size(height, width, scale)
-    pixels = (image.astype("float32") - mean) / std
-    resized = np.asarray(ops.convert_to_numpy(resize_bilinear(pixels[None], size)))
-    logits = resize_bilinear(predict_logits(model, resized), (height, width))
-    logits = np.asarray(ops.convert_to_numpy(logits))[0]
-    labels = np.argmax(logits, axis=-1).astype("int32")
-    return (labels, logits) if return_logits else labels
+    labels, scores = predict_labels(model, preprocess_image(image, recipe), (height, width), recipe["eval"])
+    return (labels[0], scores[0]) if return_logits else labels[0]
 
 
 def save_prediction(labels, image, output_dir, stem, palette, logits=None):

@@ -16,11 +16,11 @@ import os
 import time
 
 import keras
-import numpy as np
 import yaml
 
 from ssaseg_keras.training import checkpoint as ckpt
 from ssaseg_keras.utils.errors import UserError
+from ssaseg_keras.utils.tensorflow import import_tensorflow
 
 PAPER_BATCH_SIZE = 16
 
@@ -29,33 +29,27 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
 
 
-def configure_backend_for_data():
-    """Keep TensorFlow (used by tf.data) off the GPUs when it is not the Keras backend, so it does not
-    reserve the device memory that JAX or PyTorch needs."""
-    if keras.backend.backend() == "tensorflow":
-        return
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return
-    try:
-        tf.config.set_visible_devices([], "GPU")
-    except RuntimeError:  # already initialised: nothing more can be done
-        pass
-
-
 def set_precision(precision):
     """Set the global dtype policy (float32, mixed_float16 or mixed_bfloat16) before building."""
     keras.config.set_dtype_policy(precision)
 
 
 def build_training_model(recipe, load_pretrained=True):
-    """The compiled segmentor and its optimizer for a validated recipe."""
+    """The compiled segmentor and its optimizer for a validated recipe.
+
+    With `load_pretrained`, `model.pretrained` (backbone weights) is loaded and its report kept as
+    `model.pretrained_report`. The optimizer's parameter groups are `model.optimizer.groups`.
+    """
     from ssaseg_keras.models import build_segmentor
     from ssaseg_keras.training.optimizer import build_optimizer
 
-    model = build_segmentor(recipe["model"], load_pretrained=load_pretrained, training=True)
-    model.loss_resize_method = recipe["train"]["loss_resize"]
+    model = build_segmentor(recipe["model"], training=True, loss_resize_method=recipe["train"]["loss_resize"])
+    if load_pretrained and recipe["model"].get("pretrained"):
+        from ssaseg_keras.convert import load_pretrained_backbone
+
+        model.pretrained_report = load_pretrained_backbone(
+            model, recipe["model"]["pretrained"], family=recipe["model"]["family"]
+        )
     optimizer = build_optimizer(model, recipe["train"])
     model.compile(optimizer=optimizer, jit_compile="auto")
     return model
@@ -179,7 +173,8 @@ def _summary_writer(logdir):
     absent (the JSON-lines log is always written)."""
     try:
         import tensorboard  # noqa: F401  (tf.summary needs it for its implementation)
-        import tensorflow as tf
+
+        tf = import_tensorflow()
     except ImportError:
         return None
     writer = tf.summary.create_file_writer(logdir)
@@ -209,12 +204,14 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
     """
     from ssaseg_keras.data import build_dataset
     from ssaseg_keras.data.pipeline import explain_data_errors
-    from ssaseg_keras.training.evaluation import make_evaluator
+    from ssaseg_keras.training.evaluation import eval_mode_name, make_evaluator
+    from ssaseg_keras.training.optimizer import describe_groups
 
     cfg = recipe["train"]
+    eval_mode = eval_mode_name(recipe["eval"]["mode"], recipe["eval"]["crop_size"], recipe["eval"]["stride"])
     resume = resume or bool(cfg.get("resume"))
     os.makedirs(work_dir, exist_ok=True)
-    configure_backend_for_data()
+    import_tensorflow()  # before the model: on JAX / PyTorch it keeps TensorFlow off the GPUs
     set_precision(cfg["precision"])
     keras.utils.set_random_seed(cfg["seed"])
     echo(
@@ -234,6 +231,12 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
     report = getattr(model, "pretrained_report", None)
     if report is not None:
         echo(f"pretrained backbone {recipe['model']['pretrained']}: {report.describe()}")
+    echo(
+        f"parameter groups (mmcv rule on the reference names, base lr {cfg['lr']:g}, weight decay "
+        f"{cfg['weight_decay']:g}):"
+    )
+    for line in describe_groups(model, model.optimizer.groups):
+        echo(f"  {line}")
     start, best = 0, None
     if resume:
         checkpoint = ckpt.latest_checkpoint(work_dir)
@@ -241,13 +244,13 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
             echo(f"no checkpoint in {work_dir}: starting from iteration 0")
         else:
             ckpt.restore_model(checkpoint, model)
-            ckpt.restore_optimizer(checkpoint, model.optimizer, model.trainable_variables)
+            ckpt.restore_optimizer(checkpoint, model.optimizer, model)
             state = ckpt.read_state(checkpoint)
             start, best = int(state["iteration"]), state.get("best_miou")
             echo(f"resumed from {checkpoint} (iteration {start}, trained on {state.get('backend')})")
     if start >= cfg["max_iters"]:
         echo(f"nothing to do: iteration {start} >= max_iters {cfg['max_iters']}")
-        return {"iteration": start, "best_miou": best, "work_dir": work_dir}
+        return {"iteration": start, "best_miou": best, "eval_mode": eval_mode, "work_dir": work_dir}
 
     micro_per_update = cfg["accumulate_steps"]
     train_ds = build_dataset(
@@ -274,14 +277,10 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
         )
     if getattr(logger, "diverged", None):
         raise logger.diverged
-    return {"iteration": iteration_of(model), "best_miou": logger.best_miou, "work_dir": work_dir, "model": model}
-
-
-def summarize_parameters(model):
-    """Trainable parameter counts of the training model and its inference model."""
-    from ssaseg_keras.models import inference_model
-
-    def count(m):
-        return int(sum(np.prod(v.shape) for v in m.trainable_variables))
-
-    return {"training": count(model), "inference": count(inference_model(model))}
+    return {
+        "iteration": iteration_of(model),
+        "best_miou": logger.best_miou,
+        "eval_mode": eval_mode,
+        "work_dir": work_dir,
+        "model": model,
+    }

@@ -1,9 +1,11 @@
-"""SegFormer's all-MLP decode head.
+"""SegFormer's all-MLP decode head, as the reference trains it (mmseg's `SegformerHead`).
 
-    stage i --1x1 projection (with bias) to `channels`--> resize to stage 1's size (bilinear,
-    half-pixel) --> concat (stage 4 first, as SegFormer) --> 1x1 fusion conv + BN + ReLU = F
+    stage i --1x1 conv + BN + ReLU (`convs.i`) to `channels`--> resize to stage 1's size (bilinear,
+    half-pixel) --> concat (stage 1 first) --> 1x1 conv + BN + ReLU (`fusion_conv`) = F
 
-F is at stride 4: (B, H/4, W/4, channels).
+F is at stride 4: (B, H/4, W/4, channels); SSA reads it (the reference's `SegformerHead_ssa` feeds
+`fusion_conv`'s output to the classifier). The layer names are mmseg's, so an mmseg SegFormer
+checkpoint's `decode_head.convs.*` / `decode_head.fusion_conv.*` load by name.
 """
 
 from __future__ import annotations
@@ -31,25 +33,25 @@ class SegFormerHead(keras.layers.Layer):
 
     def build(self, input_shape):
         policy = self.dtype_policy
-        projections = []
+        convs = []
         for position, index in enumerate(self.in_index):
-            layer = keras.layers.Dense(self.channels, dtype=policy, name=f"linear_c{position + 1}")
+            layer = ConvNormAct(self.channels, norm="batch", dtype=policy, name=f"convs_{position}")
             layer.build(input_shape[index])
-            projections.append(layer)
-        self.projections = projections
-        self.fuse = ConvNormAct(self.channels, norm="batch", dtype=policy, name="linear_fuse")
+            convs.append(layer)
+        self.convs = convs
+        self.fusion_conv = ConvNormAct(self.channels, norm="batch", dtype=policy, name="fusion_conv")
         base = tuple(input_shape[self.in_index[0]][:-1])
-        self.fuse.build(base + (self.channels * len(self.in_index),))
+        self.fusion_conv.build(base + (self.channels * len(self.in_index),))
         self.built = True
 
     def call(self, features, training=False):
         selected = [features[i] for i in self.in_index]
         size = ops.shape(selected[0])[1:3]  # Python ints, or dynamic in a graph of unknown size
         projected = [
-            resize_bilinear(layer(level), size, align_corners=False)
-            for layer, level in zip(self.projections, selected)
+            resize_bilinear(conv(level, training=training), size, align_corners=False)
+            for conv, level in zip(self.convs, selected)
         ]
-        return self.fuse(ops.concatenate(projected[::-1], axis=-1), training=training)
+        return self.fusion_conv(ops.concatenate(projected, axis=-1), training=training)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[self.in_index[0]][:-1]) + (self.channels,)

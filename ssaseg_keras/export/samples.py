@@ -1,4 +1,5 @@
-"""Backend-neutral parts of the export: fixed NMF bases, sample images, the Keras reference predictions.
+"""Backend-neutral parts of the export: fixed NMF bases, sample images and the Keras model's
+predictions on them (what the export check compares the SavedModel's against).
 
 SegNeXt's NMF draws fresh random bases at every call (as the reference does at inference). An exported
 model draws them once, at export time, from a seeded NumPy generator: the served model is then
@@ -12,8 +13,9 @@ import contextlib
 
 import numpy as np
 
+from ssaseg_keras.utils.conventions import SIZE_DIVISOR, normalize
+
 NORMALIZE_EPS = 1e-12
-SIZE_DIVISOR = 32
 # (batch, height, width) of the check's sample images: one size a multiple of 32, one not.
 SAMPLE_SHAPES = ((2, 64, 96), (1, 50, 75))
 
@@ -89,7 +91,7 @@ def fixed_input_size(model):
     return None
 
 
-def reference_logits(model, images, mean, std):
+def keras_logits(model, images, mean, std):
     """The Keras model's float32 logits (B, H, W, K) for uint8/float images (B, H, W, 3), as NumPy.
 
     Same preprocessing as the exported graph: normalise; then either resize to the model's fixed size
@@ -100,9 +102,7 @@ def reference_logits(model, images, mean, std):
 
     from ssaseg_keras.ops.resize import resize_bilinear
 
-    x = (np.asarray(images, dtype="float32") - np.asarray(mean, "float32")) / np.asarray(
-        std, "float32"
-    )
+    x = normalize(np.asarray(images, dtype="float32"), mean, std)
     height, width = x.shape[1:3]
     fixed = fixed_input_size(model)
     if fixed is not None:
@@ -123,12 +123,12 @@ def softmax(logits):
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def reference_arrays(model, mean, std, shapes=SAMPLE_SHAPES):
+def sample_predictions(model, mean, std, shapes=SAMPLE_SHAPES):
     """{"images_i", "labels_i", "probabilities_i"} for the sample images, with fixed NMF bases."""
     arrays = {}
     with fixed_nmf_bases(model, nmf_seed(model)):
         for i, images in enumerate(sample_images(shapes)):
-            logits = reference_logits(model, images, mean, std)
+            logits = keras_logits(model, images, mean, std)
             arrays[f"images_{i}"] = images
             arrays[f"labels_{i}"] = logits.argmax(axis=-1).astype("int32")
             arrays[f"probabilities_{i}"] = softmax(logits.astype("float64")).astype("float32")
