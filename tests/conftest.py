@@ -92,3 +92,33 @@ def pytest_collection_modifyitems(config, items):
 
     slow_groups = {group(item) for item in items if item.get_closest_marker("slow")} - {None}
     items.sort(key=lambda item: not (item.get_closest_marker("slow") or group(item) in slow_groups))
+
+
+# Skips that are by design say why in their reason's first word: "backend:" (the test is about one
+# backend, or one is enough) or "opt-in:" (a long quality run). Anything else -- a missing module
+# (`importorskip`), a skip a refactor left behind -- hides a test that should have run: with
+# SSASEG_STRICT_SKIPS=1 (tox, so CI) it fails instead.
+ALLOWED_SKIP_PREFIXES = ("backend:", "opt-in:")
+
+
+def _skip_reason(report):
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple) and len(longrepr) == 3:
+        reason = str(longrepr[2])
+        return reason[len("Skipped: "):] if reason.startswith("Skipped: ") else reason
+    return str(longrepr)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if os.environ.get("SSASEG_STRICT_SKIPS") != "1" or not report.skipped or hasattr(report, "wasxfail"):
+        return
+    reason = _skip_reason(report)
+    if not reason.startswith(ALLOWED_SKIP_PREFIXES):
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped without a 'backend:' or 'opt-in:' reason, which fails under SSASEG_STRICT_SKIPS=1 "
+            f"(tox): {reason}"
+        )

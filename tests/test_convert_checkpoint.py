@@ -8,21 +8,19 @@ import sys
 import keras
 import numpy as np
 import pytest
+import torch  # a test requirement: the parity suites never skip
 from keras import ops
 from models_helpers import GOLDEN_NPZ, GOLDEN_PTH, deterministic_nmf, fixed_bases, tiny_config
 
-from ssaseg_keras.models import build_segmentor
-from ssaseg_keras.ops.resize import bilinear_matrix
-from ssaseg_keras.utils.errors import CheckpointError, UserError
-
-torch = pytest.importorskip("torch")
-
-from ssaseg_keras.convert import (  # noqa: E402
+from ssaseg_keras.convert import (
     convert_checkpoint,
     counts_by_part,
     load_pretrained_backbone,
     read_torch_checkpoint,
 )
+from ssaseg_keras.models import build_segmentor
+from ssaseg_keras.ops.resize import bilinear_matrix
+from ssaseg_keras.utils.errors import CheckpointError, UserError
 
 TINY_RECIPE = """
 model:

@@ -34,7 +34,8 @@ def test_layouts_are_transposed_into_keras_order(golden_head):
 
 
 def test_torch_tensors_and_a_prefix_are_accepted(golden_head):
-    torch = pytest.importorskip("torch")
+    import torch
+
     state = {f"decode_head.{k}": torch.tensor(v) for k, v in reference_state(golden_head).items()}
     state["backbone.stem.weight"] = torch.zeros(3)  # outside the prefix: not considered
     state["decode_head.conv_seg.num_batches_tracked"] = torch.tensor(0)  # a buffer: skipped

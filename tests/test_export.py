@@ -205,7 +205,7 @@ def test_request_body(tmp_path):
 
 
 @pytest.mark.skipif(
-    BACKEND != "tensorflow", reason="one backend is enough for the .keras input (slow)"
+    BACKEND != "tensorflow", reason="backend: one backend is enough for the .keras input (slow)"
 )
 @pytest.mark.xdist_group("exported")
 def test_export_keras_file_float32_input_and_force(exported, tmp_path):
@@ -239,7 +239,7 @@ def test_export_keras_file_float32_input_and_force(exported, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    BACKEND != "tensorflow", reason="one backend is enough for SegFormer's export (slow)"
+    BACKEND != "tensorflow", reason="backend: one backend is enough for SegFormer's export (slow)"
 )
 def test_segformer_exports_and_serves_any_size(tmp_path):
     """SegFormer (keras-cv MiT, grid carried explicitly) serves images of any size, like SegNeXt."""
@@ -249,7 +249,6 @@ def test_segformer_exports_and_serves_any_size(tmp_path):
     from ssaseg_keras.export.source import resolve_source
     from ssaseg_keras.models import build_segmentor
 
-    pytest.importorskip("keras_cv")
     model = build_segmentor(
         {"family": "segformer", "size": "b0", "num_classes": NUM_CLASSES, "ssa": True}, training=False
     )

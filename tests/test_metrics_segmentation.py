@@ -109,7 +109,7 @@ def test_resize_logits_matches_the_reference_bilinear():
 
 
 @pytest.mark.skipif(
-    keras.backend.backend() != "tensorflow", reason="unknown sizes exist only in TF graphs"
+    keras.backend.backend() != "tensorflow", reason="backend: unknown sizes exist only in TF graphs"
 )
 def test_unknown_sizes_in_a_tf_graph():
     import tensorflow as tf

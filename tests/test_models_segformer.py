@@ -17,7 +17,7 @@ from ssaseg_keras.convert import load_pretrained_backbone, load_reference_weight
 from ssaseg_keras.models import build_segmentor, model_summary_counts
 from ssaseg_keras.models.backbones.mit import MiTBackbone
 from ssaseg_keras.models.heads.segformer_head import SegFormerHead
-from ssaseg_keras.training.optimizer import parameter_groups, reference_names
+from ssaseg_keras.training.optimizer import describe_groups, parameter_groups, reference_names
 from ssaseg_keras.utils.errors import CheckpointError, UserError
 
 GOLDEN = DATA_DIR / "segformer_mmseg.npz"
@@ -92,6 +92,15 @@ def test_segformer_b0_parameter_groups_are_mmcvs_on_mmseg_names():
     model = build_segmentor({"family": "segformer", "size": "b0", "num_classes": 150, "ssa": False})
     groups = _assert_groups_match_mmseg(model, rows)
     assert model_summary_counts(model)["trainable"] == sum(int(np.prod(shape)) for _, shape, _, _ in rows) == 3_753_718
+    # What a training run prints at its start: per multiplier pair, mmseg's tensors and parameters.
+    expected = {}
+    for _, shape, lr, decay in rows:
+        tensors, params = expected.get((lr, decay), (0, 0))
+        expected[(lr, decay)] = (tensors + 1, params + int(np.prod(shape)))
+    assert describe_groups(model, groups) == [
+        f"lr x{lr:g} decay x{decay:g}: {n} tensors, {p:,} parameters" for (lr, decay), (n, p) in sorted(expected.items())
+    ]
+    assert [key for key in sorted(expected)] == [(1.0, 0.0), (1.0, 1.0), (10.0, 1.0)]
     attention = [v for v in model.trainable_variables if "seg_former_multihead_attention" in v.path]
     assert len(attention) == 88 and all(groups[v.path] == (1.0, 1.0) for v in attention if "layer_normalization" not in v.path)
 

@@ -27,7 +27,6 @@ def tiny_backbone():
 
 
 def test_mscan_golden_stage_outputs(tiny_backbone):
-    pytest.importorskip("torch")
     from ssaseg_keras.convert import load_reference_weights, read_torch_checkpoint
 
     report = load_reference_weights(tiny_backbone, read_torch_checkpoint(GOLDEN_PTH), prefix="backbone.")

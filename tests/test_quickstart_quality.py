@@ -20,7 +20,7 @@ MARGIN = 0.5  # mIoU points; measured gaps at 400 iterations: +1.1 (TensorFlow) 
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SSASEG_QUALITY_TESTS") != "1",
-    reason="trains the quickstart pair (minutes per model): set SSASEG_QUALITY_TESTS=1 or run tox -e quality-<backend>",
+    reason="opt-in: trains the quickstart pair (minutes per model): set SSASEG_QUALITY_TESTS=1 or run tox -e quality-<backend>",
 )
 
 

@@ -93,6 +93,9 @@ def test_overrides_are_yaml_values(tmp_path):
         ("train.loss_resize=nearest", "train.loss_resize: must be one of matmul, gather, got 'nearest'"),
         ("train.epochs=3", "train.epochs: unknown key"),
         ("eval.mode=tiles", "eval.mode: must be one of whole, slide"),
+        ("model.ssa_loss_weights={dice: 1}", "model.ssa_loss_weights.dice: unknown loss term; the terms are main_ce,"),
+        ("model.ssa_loss_weights={spatial_distill: -1}", "model.ssa_loss_weights.spatial_distill: must be >= 0.0"),
+        ("model.ssa_loss_weights=[1]", "model.ssa_loss_weights: must be a mapping of loss term to weight"),
         ("optimizer.lr=1", "optimizer: override 'optimizer.lr=1': unknown section"),
         ("train.lr", "write it as key.sub=value"),
     ],
@@ -101,6 +104,15 @@ def test_bad_values_name_the_key(tmp_path, override, fragment):
     with pytest.raises(RecipeError) as info:
         load_recipe(write(tmp_path, MINIMAL), overrides=[override])
     assert fragment in str(info.value)
+
+
+def test_ssa_loss_weights_need_an_ssa_model_and_eval_scale_follows_the_data(tmp_path):
+    with pytest.raises(RecipeError, match="model.ssa_loss_weights: weights SSA's loss terms; this model has model.ssa: false"):
+        load_recipe(write(tmp_path, MINIMAL), overrides=["model.ssa=false", "model.ssa_loss_weights={main_ce: 2}"])
+    recipe = load_recipe(write(tmp_path, MINIMAL), overrides=["model.ssa_loss_weights={semantic_distill: 0}", "data.scale=[1024, 256]"])
+    assert recipe["model"]["ssa_loss_weights"] == {"semantic_distill": 0.0}
+    assert recipe["eval"]["scale"] == [1024, 256]  # not given: the data section's scale
+    assert load_recipe(write(tmp_path, MINIMAL), overrides=["eval.scale=[512, 128]"])["eval"]["scale"] == [512, 128]
 
 
 def test_bad_files(tmp_path):

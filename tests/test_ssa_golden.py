@@ -69,12 +69,12 @@ def test_losses_match_reference(golden_head, golden_layer, resize_method):
     assert sorted(terms) == sorted(LOSS_TERMS)
     for name in EXACT_TERMS:
         ours, ref = float(to_numpy(terms[name])), float(golden_head[f"loss/{name}"])
-        assert abs(ours - ref) <= 1e-4 * abs(ref), (name, ours, ref)
-    # The issue allows 2% here (a Canny stand-in); our on-device Canny is exact, so hold it to 1e-4.
+        assert abs(ours - ref) <= 1e-5 * abs(ref), (name, ours, ref)
+    # The spec allows 2% here (a Canny stand-in); our on-device Canny is exact, so hold it to 1e-5.
     ours, ref = float(to_numpy(terms["response_distill"])), float(golden_head["loss/response_distill"])
-    assert abs(ours - ref) <= 1e-4 * abs(ref), (ours, ref)
+    assert abs(ours - ref) <= 1e-5 * abs(ref), (ours, ref)
     total = sum(float(to_numpy(v)) for v in terms.values())
-    assert abs(total - float(golden_head["loss/total"])) <= 1e-4 * float(golden_head["loss/total"])
+    assert abs(total - float(golden_head["loss/total"])) <= 1e-5 * float(golden_head["loss/total"])
 
 
 def test_response_distill_is_exact_given_the_reference_boundary(golden_head):
@@ -97,7 +97,8 @@ def test_boundary_mask_equals_reference_canny_mask(golden_head):
 
 
 def test_canny_edges_equal_opencv_on_random_label_maps():
-    cv2 = pytest.importorskip("cv2")  # in the dev extra, so tox runs it
+    import cv2  # in the dev extra
+
     rng = np.random.default_rng(0)
     # A batch of 10 maps per size (one compile per size on JAX), blocky or noisy, some with 255.
     for height, width in [(3, 3), (3, 39), (17, 5), (24, 31), (39, 39), (11, 26)]:
@@ -128,4 +129,5 @@ def test_feature_gradient_matches_reference(golden_head, golden_layer, resize_me
     _, grad = value_and_grad(total_loss, nchw_to_nhwc(golden_head["input/feat"]))
     ref = nchw_to_nhwc(golden_head["out/grad_feat"])
     assert np.isfinite(grad).all()
-    assert np.linalg.norm(grad - ref) / np.linalg.norm(ref) < 1e-3
+    # Measured 5.6e-7 to 6.5e-7 (relative L2) on the three backends, both methods.
+    assert np.linalg.norm(grad - ref) / np.linalg.norm(ref) < 2e-6

@@ -92,7 +92,8 @@ def test_parameter_groups_follow_the_reference_names():
 
 
 def test_grouped_adamw_matches_torch_adamw_with_param_groups():
-    torch = pytest.importorskip("torch")
+    import torch
+
     rng = np.random.default_rng(0)
     init = [rng.normal(size=(3, 4)).astype("float32") for _ in range(3)]
     grads = [[rng.normal(size=(3, 4)).astype("float32") for _ in range(3)] for _ in range(3)]
@@ -124,7 +125,7 @@ def test_grouped_adamw_updates_a_group_at_once_on_torch(monkeypatch):
     """PyTorch runs Keras' foreach update per group, never the per-variable `update_step` (its eager
     ops made `apply` 5-9x slower on CPU, see BENCHMARKS.md); the result stays torch's AdamW (test above)."""
     if BACKEND != "torch":
-        pytest.skip("JAX and TensorFlow compile the per-variable update")
+        pytest.skip("backend: JAX and TensorFlow compile the per-variable update")
     variables = [keras.Variable(np.ones((2, 3), "float32"), name=f"w{i}") for i in range(4)]
     groups = {v.path: (10.0, 0.0) if i == 0 else (1.0, 1.0) for i, v in enumerate(variables)}
     optimizer = GroupedAdamW(groups=groups, learning_rate=1e-2, weight_decay=0.1)
@@ -224,6 +225,8 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, trained_ti
     summary = train(tiny_recipe(), str(resumed), resume=True, echo=messages.append, load_pretrained=False)
     assert summary["iteration"] == 4
     assert any("resumed from" in m and "iteration 2" in m for m in messages)
+    assert any(m.startswith("parameter groups (mmcv rule on the reference names") for m in messages)
+    assert any(m.strip().startswith("lr x10 decay x1: ") for m in messages)
     for name in ("variables.npz", "optimizer.npz"):
         with np.load(once / "checkpoints" / "iter_0000004" / name, allow_pickle=False) as a, np.load(
             resumed / "checkpoints" / "iter_0000004" / name, allow_pickle=False
@@ -375,7 +378,7 @@ def test_incomplete_checkpoints_are_never_picked(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(BACKEND != "torch", reason="one backend is enough for the SIGKILL scenario (slow)")
+@pytest.mark.skipif(BACKEND != "torch", reason="backend: one backend is enough for the SIGKILL scenario (slow)")
 def test_a_run_killed_with_sigkill_resumes_from_its_last_checkpoint(tmp_path):
     recipe = tiny_recipe(max_iters=8, eval_interval=8)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(recipe))

@@ -83,13 +83,17 @@ def parameter_groups(model, custom_keys=None, head_lr_mult=None):
 
 
 def describe_groups(model, groups):
-    """One line per (lr_mult, decay_mult): how many tensors and parameters, e.g. for the run's log."""
-    by_group = collections.defaultdict(list)
+    """One line per (lr_mult, decay_mult): how many reference tensors (as the reference counts
+    them: one `in_proj_weight` for the three Keras query/key/value kernels) and parameters."""
+    names = reference_names(model)
+    tensors, parameters = collections.defaultdict(set), collections.Counter()
     for variable in model.trainable_variables:
-        by_group[groups[variable.path]].append(variable)
+        group = groups[variable.path]
+        tensors[group].add(names[id(variable)])
+        parameters[group] += count_parameters([variable])
     return [
-        f"lr x{lr:g} decay x{decay:g}: {len(variables)} tensors, {count_parameters(variables):,} parameters"
-        for (lr, decay), variables in sorted(by_group.items())
+        f"lr x{lr:g} decay x{decay:g}: {len(tensors[(lr, decay)])} tensors, {parameters[(lr, decay)]:,} parameters"
+        for lr, decay in sorted(tensors)
     ]
 
 
