@@ -34,3 +34,19 @@ def test_unknown_command_is_one_line_and_exit_code_2():
     done = run_cli("no-such-command")
     assert done.returncode == 2
     assert "Traceback" not in done.stderr and "No such command" in done.stderr
+
+
+def test_backend_option_takes_effect_although_the_cli_imports_keras():
+    """`import ssaseg_keras` imports Keras, which fixes its backend; `--backend` is read first."""
+    import keras
+
+    other = {"tensorflow": "jax", "jax": "torch", "torch": "tensorflow"}[keras.backend.backend()]
+    code = (
+        "import sys; from ssaseg_keras_cli.main import main; sys.argv[0] = 'ssaseg-keras'\n"
+        "try:\n    main()\nfinally:\n    import keras; print('BACKEND', keras.backend.backend())"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, "train", "missing.yaml", "--backend", other], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 2 and "does not exist" in done.stderr and "already loaded" not in done.stderr, done.stderr
+    assert f"BACKEND {other}" in done.stdout
