@@ -104,12 +104,12 @@ def load_pretrained_backbone(model, path, family="segnext", strict=True):
 
     SegNeXt: an MSCAN classification `.pth` (keys without `backbone.`; its classifier `head.*`
     ignored) or a segmentation checkpoint (its `backbone.*` part). SegFormer: see
-    `ssaseg_keras.models.backbones.mit.load_mit_weights` (a keras-cv preset name or a local
+    `ssaseg_keras.convert.segformer.load_mit_weights` (a keras-cv preset name or a local
     `.weights.h5` file).
     """
     backbone = getattr(model, "backbone", model)
     if family == "segformer":
-        from ssaseg_keras.models.backbones.mit import load_mit_weights
+        from ssaseg_keras.convert.segformer import load_mit_weights
 
         return load_mit_weights(backbone, path)
     state = read_torch_checkpoint(path)

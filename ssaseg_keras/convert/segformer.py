@@ -8,16 +8,26 @@ that the Keras MiT holds as three Dense layers (sliced here); Mix-FFN's layers a
 
 from __future__ import annotations
 
+import os
+
 from ssaseg_keras.convert.ham_head import conv_norm_act_mapping
 from ssaseg_keras.convert.reference import (
+    LoadReport,
     conv_mapping,
     dense_mapping,
     linear_kernel,
     norm_mapping,
+    reference_mapping,
     register_reference_mapping,
 )
-from ssaseg_keras.models.backbones.mit import MiTBackbone, library_stages
+from ssaseg_keras.models.backbones.mit import (
+    BUILD_SHAPE,
+    MiTBackbone,
+    import_library,
+    library_stages,
+)
 from ssaseg_keras.models.heads.segformer_head import SegFormerHead
+from ssaseg_keras.utils.errors import CheckpointError, UserError
 
 
 def _in_proj_part(part, kernel):
@@ -64,3 +74,46 @@ def segformer_head_mapping(layer):
             yield f"convs.{index}.{name}", variable, transform
     for name, variable, transform in conv_norm_act_mapping(layer.fusion_conv):
         yield f"fusion_conv.{name}", variable, transform
+
+
+def load_mit_weights(backbone, weights):
+    """Pretrained MiT weights: a local `.weights.h5` of the MiT, or a keras-cv preset name.
+
+    A preset (e.g. `mit_b0_imagenet`) is downloaded by keras-cv once; offline, use a local file
+    (save one on a connected machine with `backbone.mit.save_weights("mit_b0.weights.h5")`).
+    """
+    if os.path.splitext(weights)[1]:
+        if not os.path.isfile(weights):
+            raise CheckpointError(f"model.pretrained {weights!r} does not exist.")
+        try:
+            backbone.mit.load_weights(weights)
+        except Exception as error:
+            raise CheckpointError(
+                f"model.pretrained {weights!r} does not fit the MiT backbone ({error})."
+            ) from error
+        return _report(backbone)
+    if backbone.source != "keras_cv":
+        raise UserError(
+            f"model.pretrained {weights!r}: presets are read through keras-cv; with source "
+            "keras_hub give a local .weights.h5 file."
+        )
+    library = import_library("keras_cv")
+    try:
+        pretrained = library.models.MiTBackbone.from_preset(weights, input_shape=BUILD_SHAPE)
+    except Exception as error:
+        raise UserError(
+            f"model.pretrained {weights!r}: the keras-cv preset could not be loaded ({type(error).__name__}: "
+            f"{error}). Presets need network access once; offline, point model.pretrained to a local "
+            ".weights.h5 file of the MiT backbone."
+        ) from error
+    source_weights = pretrained.get_weights()
+    if len(source_weights) != len(backbone.mit.weights):
+        raise CheckpointError(f"preset {weights!r} does not match this MiT size.")
+    backbone.mit.set_weights(source_weights)
+    return _report(backbone)
+
+
+def _report(backbone):
+    """What a MiT weights load did: every weight of the MiT (all or nothing), by its mmseg name."""
+    names = dict.fromkeys(name for name, _, _ in reference_mapping(backbone, prefix="backbone."))
+    return LoadReport(loaded=list(names))

@@ -12,12 +12,10 @@ as they are); `source: keras_cv` (the default) or `keras_hub`, imported only her
 - the sequence-reduction input is reshaped token-major (keras-cv transposes it first);
 - attention has no dropout, and stochastic depth rises linearly from 0 to `drop_path_rate` over all
   blocks (mmseg's `drop_path_rate`, 0.1 in the SegFormer configs), applied to both branches.
-The weights' reference (mmseg) names are registered in `ssaseg_keras.convert.mit`.
+The weights' reference (mmseg) names, and loading pretrained MiT weights, are in `ssaseg_keras.convert.segformer`.
 """
 
 from __future__ import annotations
-
-import os
 
 import keras
 import numpy as np
@@ -25,7 +23,7 @@ from keras import ops
 
 from ssaseg_keras.layers.drop_path import DropPath
 from ssaseg_keras.models.backbones.base import Backbone
-from ssaseg_keras.utils.errors import CheckpointError, UserError
+from ssaseg_keras.utils.errors import UserError
 
 MIT_NUM_HEADS = (1, 2, 5, 8)
 MIT_SR_RATIOS = (8, 4, 2, 1)
@@ -36,7 +34,7 @@ SOURCES = ("keras_cv", "keras_hub")
 BUILD_SHAPE = (64, 64, 3)  # the library graph's input; weights do not depend on it
 
 
-def _import(source):
+def import_library(source):
     try:
         if source == "keras_cv":
             import keras_cv
@@ -57,7 +55,7 @@ def library_mit(source, embed_dims, depths):
     """The library's MiT model (built at `BUILD_SHAPE`), B0..B5 set by `embed_dims` and `depths`."""
     if source not in SOURCES:
         raise UserError(f"model.source must be one of {', '.join(SOURCES)}, got {source!r}")
-    library = _import(source)
+    library = import_library(source)
     if source == "keras_cv":
         return library.models.MiTBackbone(
             include_rescaling=False,
@@ -249,47 +247,3 @@ class MiTBackbone(Backbone):
             "image_shape": self.image_shape,
             "seed": self.seed,
         }
-
-
-def load_mit_weights(backbone, weights):
-    """Pretrained MiT weights: a local `.weights.h5` of the MiT, or a keras-cv preset name.
-
-    A preset (e.g. `mit_b0_imagenet`) is downloaded by keras-cv once; offline, use a local file
-    (save one on a connected machine with `backbone.mit.save_weights("mit_b0.weights.h5")`).
-    """
-    if os.path.splitext(weights)[1]:
-        if not os.path.isfile(weights):
-            raise CheckpointError(f"model.pretrained {weights!r} does not exist.")
-        try:
-            backbone.mit.load_weights(weights)
-        except Exception as error:
-            raise CheckpointError(
-                f"model.pretrained {weights!r} does not fit the MiT backbone ({error})."
-            ) from error
-        return _report(backbone)
-    if backbone.source != "keras_cv":
-        raise UserError(
-            f"model.pretrained {weights!r}: presets are read through keras-cv; with source "
-            "keras_hub give a local .weights.h5 file."
-        )
-    library = _import("keras_cv")
-    try:
-        pretrained = library.models.MiTBackbone.from_preset(weights, input_shape=BUILD_SHAPE)
-    except Exception as error:
-        raise UserError(
-            f"model.pretrained {weights!r}: the keras-cv preset could not be loaded ({type(error).__name__}: "
-            f"{error}). Presets need network access once; offline, point model.pretrained to a local "
-            ".weights.h5 file of the MiT backbone."
-        ) from error
-    source_weights = pretrained.get_weights()
-    if len(source_weights) != len(backbone.mit.weights):
-        raise CheckpointError(f"preset {weights!r} does not match this MiT size.")
-    backbone.mit.set_weights(source_weights)
-    return _report(backbone)
-
-
-def _report(backbone):
-    """What a MiT weights load did: every weight of the library MiT, by path (all or nothing)."""
-    from ssaseg_keras.convert.reference import LoadReport
-
-    return LoadReport(loaded=[variable.path.replace("/", ".") for variable in backbone.mit.weights])
