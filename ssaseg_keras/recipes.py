@@ -222,6 +222,12 @@ def validate_eval(section):
         if key == "scale" and cfg[key] is None:
             continue  # filled with data.scale by validate_recipe
         cfg[key] = _pair(cfg[key], f"eval.{key}", low=1)
+    if any(step > crop for step, crop in zip(cfg["stride"], cfg["crop_size"])):
+        raise _fail(
+            "eval.stride",
+            f"{cfg['stride']} is larger than eval.crop_size {cfg['crop_size']}: slide windows would leave "
+            "pixels uncovered; use a stride <= the crop size (the reference: 341 for 512)",
+        )
     return cfg
 
 

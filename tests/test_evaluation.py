@@ -139,3 +139,19 @@ def test_evaluate_and_predict_use_the_recipes_eval_mode(folder_and_model, mode):
     from ssaseg_keras.ops.resize import resize_bilinear
 
     np.testing.assert_allclose(logits, to_numpy(resize_bilinear(expected, (52, 36)))[0], rtol=1e-4, atol=1e-4)
+
+
+def test_a_fixed_size_model_names_the_fix_instead_of_failing_inside_keras():
+    from ssaseg_keras.models import build_segmentor
+    from ssaseg_keras.utils.errors import UserError
+
+    model = build_segmentor({
+        "family": "segformer", "size": "b0", "num_classes": 3, "ssa": False, "image_size": [64, 64],
+        "backbone": {"embed_dims": [4, 8, 20, 32], "depths": [1, 1, 1, 1]}, "head": {"channels": 8},
+    })  # fmt: skip
+    image = np.zeros((1, 50, 80, 3), "float32")
+    with pytest.raises(UserError, match="fixed to 64x64 .* eval.crop_size: \\[64, 64\\]"):
+        predict_logits(model, image)
+    assert predict_logits(model, np.zeros((1, 64, 64, 3), "float32")).shape == (1, 64, 64, 3)
+    windows = slide_logits(model, np.zeros((1, 64, 100, 3), "float32"), (64, 64), (32, 32))
+    assert windows.shape == (1, 64, 100, 3)

@@ -223,6 +223,7 @@ def test_export_keras_file_float32_input_and_force(exported, tmp_path):
     code, out, err = run_main(*args, "--force")
     assert code == 0, err
     assert "(keras)" in out and "dtype: DT_FLOAT" in out and "probabilities" not in out
+    assert "normalisation: the default mean [123.675, 116.28, 103.53]" in out  # said, not silent
     assert sorted(os.listdir(output)) == ["4"]
     serve = tf.saved_model.load(os.path.join(output, "4")).signatures["serving_default"]
     images = np.full((1, 40, 40, 3), 128.0, dtype="float32")

@@ -93,6 +93,7 @@ def test_overrides_are_yaml_values(tmp_path):
         ("train.loss_resize=nearest", "train.loss_resize: must be one of matmul, gather, got 'nearest'"),
         ("train.epochs=3", "train.epochs: unknown key"),
         ("eval.mode=tiles", "eval.mode: must be one of whole, slide"),
+        ("eval.stride=[600, 341]", "eval.stride: [600, 341] is larger than eval.crop_size [512, 512]"),
         ("model.ssa_loss_weights={dice: 1}", "model.ssa_loss_weights.dice: unknown loss term; the terms are main_ce,"),
         ("model.ssa_loss_weights={spatial_distill: -1}", "model.ssa_loss_weights.spatial_distill: must be >= 0.0"),
         ("model.ssa_loss_weights=[1]", "model.ssa_loss_weights: must be a mapping of loss term to weight"),

@@ -19,8 +19,9 @@ import time
 import numpy as np
 
 from ssaseg_keras.export.check_saved_model import CHECK_FILE
-from ssaseg_keras.export.samples import fixed_input_size, nmf_seed, sample_predictions
+from ssaseg_keras.export.samples import nmf_seed, sample_predictions
 from ssaseg_keras.export.source import load_inference_model, resolve_source
+from ssaseg_keras.models.segmentor import fixed_input_size
 from ssaseg_keras.utils.errors import UserError
 from ssaseg_keras.utils.files import replace_dir
 
@@ -151,6 +152,11 @@ def export_saved_model(
         else f"in a child process (current backend: {backend})"
     )
     echo(f"exporting {source.path} ({source.kind}{trained}) with the TensorFlow backend {where}")
+    if source.normalization_from == "default":
+        echo(
+            f"normalisation: the default mean {list(source.mean)} / std {list(source.std)} (a .keras file "
+            "carries no recipe; pass --recipe if the model was trained with others)"
+        )
     tmp = tempfile.mkdtemp(prefix=f".tmp-export-{version}-", dir=output)
     try:
         saved = os.path.join(tmp, "model")  # tf.saved_model.save wants a fresh folder
@@ -174,6 +180,7 @@ def export_saved_model(
             "outputs": ["labels", "probabilities"] if with_probabilities else ["labels"],
             "num_classes": int(model.num_classes),
             "mean": list(source.mean),
+            "normalization_from": source.normalization_from,
             "std": list(source.std),
             "preprocessing": "resize to {}x{}".format(*fixed_input_size(model))
             if fixed_input_size(model)

@@ -13,6 +13,7 @@ import contextlib
 
 import numpy as np
 
+from ssaseg_keras.models.segmentor import fixed_input_size
 from ssaseg_keras.utils.conventions import SIZE_DIVISOR, normalize
 
 NORMALIZE_EPS = 1e-12
@@ -81,14 +82,6 @@ def sample_images(shapes=SAMPLE_SHAPES, seed=0):
             images.append(np.clip(np.round(image), 0, 255).astype("uint8"))
         out.append(np.stack(images))
     return out
-
-
-def fixed_input_size(model):
-    """(H, W) when the model only runs at one size (SegFormer's MiT backbone), else None."""
-    shape = tuple(model.backbone.inputs[0].shape) if getattr(model.backbone, "inputs", None) else ()
-    if len(shape) == 4 and shape[1] is not None and shape[2] is not None:
-        return int(shape[1]), int(shape[2])
-    return None
 
 
 def keras_logits(model, images, mean, std):

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from ssaseg_keras.export.samples import fixed_input_size, fixed_nmf_bases, nmf_seed
+from ssaseg_keras.export.samples import fixed_nmf_bases, nmf_seed
+from ssaseg_keras.models.segmentor import fixed_input_size
 from ssaseg_keras.utils.conventions import SIZE_DIVISOR, normalize
 
 SIGNATURE_KEY = "serving_default"

@@ -18,6 +18,7 @@ class ExportSource:
     std: tuple
     trained_backend: str | None = None
     iteration: int | None = None
+    normalization_from: str = "recipe"  # where mean/std came from: "recipe", or "default" (a .keras without --recipe)
 
 
 def _data_section(recipe_path):
@@ -39,7 +40,8 @@ def resolve_source(path, recipe_path=None):
         if not os.path.isfile(path):
             raise CheckpointError(f"model file {path!r} does not exist")
         data = _data_section(recipe_path)
-        return ExportSource("keras", path, tuple(data["mean"]), tuple(data["std"]))
+        origin = "recipe" if recipe_path is not None else "default"
+        return ExportSource("keras", path, tuple(data["mean"]), tuple(data["std"]), normalization_from=origin)
     if os.path.isfile(path):
         raise CheckpointError(
             f"{path!r} is a file but not a .keras model; give a checkpoint folder (iter_*/), "

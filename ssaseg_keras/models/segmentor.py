@@ -227,6 +227,15 @@ class Segmentor(keras.Model):
         return cls(**config)
 
 
+def fixed_input_size(model):
+    """(H, W) when the model only runs at one size (SegFormer's MiT backbone), else None."""
+    backbone = getattr(model, "backbone", None)  # None: not a Segmentor (e.g. a test's stand-in)
+    shape = tuple(backbone.inputs[0].shape) if getattr(backbone, "inputs", None) else ()
+    if len(shape) == 4 and shape[1] is not None and shape[2] is not None:
+        return int(shape[1]), int(shape[2])
+    return None
+
+
 def has_teacher(model):
     """True when the model carries SSA-Seg's training-only teacher weights."""
     return isinstance(model.classifier, SSAClassifier) and model.classifier.with_teacher

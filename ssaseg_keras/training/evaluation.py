@@ -21,8 +21,10 @@ import math
 import numpy as np
 from keras import ops
 
+from ssaseg_keras.models.segmentor import fixed_input_size
 from ssaseg_keras.ops.resize import resize_bilinear
 from ssaseg_keras.utils.conventions import SIZE_DIVISOR
+from ssaseg_keras.utils.errors import UserError
 
 EVAL_MODES = ("whole", "slide")
 
@@ -44,10 +46,22 @@ def eval_mode_name(mode="whole", crop_size=None, stride=None, flip=False, scales
 
 
 def predict_logits(model, image):
-    """Logits (B, h, w, K) float32 for images (B, h, w, 3) of any size (padded to /32 inside)."""
+    """Logits (B, h, w, K) float32 for images (B, h, w, 3) of any size (padded to /32 inside).
+
+    Raises UserError when the model's input size is fixed (`model.image_size`) and the image, once
+    padded, is another size.
+    """
     height, width = int(image.shape[1]), int(image.shape[2])
     padded_h = math.ceil(height / SIZE_DIVISOR) * SIZE_DIVISOR
     padded_w = math.ceil(width / SIZE_DIVISOR) * SIZE_DIVISOR
+    fixed = fixed_input_size(model)
+    if fixed is not None and fixed != (padded_h, padded_w):
+        raise UserError(
+            f"the model's input size is fixed to {fixed[0]}x{fixed[1]} (model.image_size) but an image to "
+            f"predict is {height}x{width}: drop model.image_size (every model runs at any multiple of 32), "
+            f"or evaluate with eval.mode: slide and eval.crop_size: [{fixed[0]}, {fixed[1]}] on images at "
+            "least that large"
+        )
     if (padded_h, padded_w) != (height, width):
         image = np.pad(image, ((0, 0), (0, padded_h - height), (0, padded_w - width), (0, 0)))
     logits = model.predict_on_batch(image)

@@ -225,13 +225,12 @@ class GroupedAdamW(_backend_adamw()):
         return {**super().get_config(), "groups": {k: list(v) for k, v in self.groups.items()}}
 
 
-def build_optimizer(model, train_config, groups=None):
+def build_optimizer(model, train_config):
     """The recipe's optimizer for `model`: GroupedAdamW with the warm-up + poly schedule.
 
     Args:
         model: the built segmentor.
         train_config: the recipe's validated `train:` section.
-        groups: `parameter_groups(model, ...)` when already computed (else computed here).
     """
     accumulate = int(train_config.get("accumulate_steps", 1) or 1)
     schedule = WarmupPolyDecay(
@@ -250,7 +249,7 @@ def build_optimizer(model, train_config, groups=None):
     if accumulate > 1:
         kwargs["gradient_accumulation_steps"] = accumulate
     return GroupedAdamW(
-        groups=groups or parameter_groups(model, head_lr_mult=train_config.get("head_lr_mult", 10.0)),
+        groups=parameter_groups(model, head_lr_mult=train_config.get("head_lr_mult", 10.0)),
         learning_rate=schedule,
         beta_1=float(betas[0]),
         beta_2=float(betas[1]),
