@@ -110,7 +110,8 @@ def _attention(attn, x, height, width):
         x = attn.norm(ops.reshape(attn.sr(grid), (batch, -1, channels)))
     k = ops.transpose(ops.reshape(attn.k(x), (batch, -1, heads, head_dim)), (0, 2, 1, 3))
     v = ops.transpose(ops.reshape(attn.v(x), (batch, -1, heads, head_dim)), (0, 2, 1, 3))
-    weights = ops.softmax(ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * attn.scale, axis=-1)
+    scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) * attn.scale
+    weights = ops.cast(ops.softmax(ops.cast(scores, "float32"), axis=-1), v.dtype)  # float32 softmax
     out = ops.reshape(ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3)), (batch, tokens, channels))
     return attn.proj(out)
 
