@@ -69,13 +69,18 @@ def parse_size(text):
 )
 @click.option("--no-baseline", is_flag=True, help="Skip the `ssa: false` baseline.")
 @click.option(
+    "--devices", default="1", show_default=True, metavar="1|N|auto",
+    help="Data-parallel devices for the training step (JAX; PyTorch under torchrun); --batch is "
+    "the global batch. Inference is measured on one device only.",
+)  # fmt: skip
+@click.option(
     "--set",
     "overrides",
     multiple=True,
     metavar="KEY=VALUE",
     help="Override a recipe key, e.g. --set model.num_classes=150 (repeatable).",
 )
-def benchmark(recipe, batch, size, iters, warmup, precision, json_path, no_baseline, overrides):
+def benchmark(recipe, batch, size, iters, warmup, precision, json_path, no_baseline, overrides, devices):
     """Benchmark RECIPE's model and its baseline on the active backend (KERAS_BACKEND).
 
     Reports trainable parameters (training and inference models), GFLOPs (multiply-adds), the median
@@ -86,7 +91,10 @@ def benchmark(recipe, batch, size, iters, warmup, precision, json_path, no_basel
     from ssaseg_keras.benchmark import benchmark as run_benchmark
     from ssaseg_keras.benchmark import format_report
     from ssaseg_keras.recipes import load_recipe
+    from ssaseg_keras.training.distribute import parse_devices
+    from ssaseg_keras.utils.distribution import is_chief
 
+    devices = parse_devices(devices, key="--devices")
     size = parse_size(size)
     config = load_recipe(recipe, overrides)
     report = run_benchmark(
@@ -98,7 +106,10 @@ def benchmark(recipe, batch, size, iters, warmup, precision, json_path, no_basel
         precision=precision,
         baseline=not no_baseline,
         echo=lambda message: click.echo(message, err=True),
+        devices=devices,
     )
+    if not is_chief():
+        return
     click.echo(format_report(report))
     if json_path:
         folder = os.path.dirname(os.path.abspath(json_path))

@@ -46,7 +46,15 @@ def resolve_recipe_path(recipe):
 @set_option
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in the work dir.")
 @click.option("--no-pretrained", is_flag=True, help="Ignore model.pretrained (train from scratch).")
-def train(recipe, backend, work_dir, overrides, resume, no_pretrained):
+@click.option(
+    "--devices", metavar="auto|N",
+    help="Data-parallel devices (default: the recipe's train.devices, auto = every local accelerator). "
+    "train.batch_size stays the global batch. PyTorch: start one process per device with torchrun.",
+)  # fmt: skip
+@click.option("--coordinator", metavar="HOST:PORT", help="JAX multi-host: process 0's address (or KERAS_DISTRIBUTION_JOB_ADDRESSES).")
+@click.option("--num-processes", type=click.IntRange(min=1), help="JAX multi-host: number of hosts (or KERAS_DISTRIBUTION_NUM_PROCESSES).")
+@click.option("--process-id", type=click.IntRange(min=0), help="JAX multi-host: this host's index, 0 = coordinator (or KERAS_DISTRIBUTION_PROCESS_ID).")
+def train(recipe, backend, work_dir, overrides, resume, no_pretrained, devices, coordinator, num_processes, process_id):
     """Train the model of RECIPE (a YAML file or a name from `ssaseg-keras recipes`).
 
     Prints progress every train.log_interval iterations (ETA, images/s, lr, every loss term),
@@ -54,16 +62,36 @@ def train(recipe, backend, work_dir, overrides, resume, no_pretrained):
     keeping the last train.keep_checkpoints and the best mIoU), and writes log.jsonl and TensorBoard
     logs in the work dir. --resume (or `train.resume: auto` in the recipe) continues a run from its
     latest checkpoint: iteration, lr schedule, optimizer state, random state and data order.
+
+    Several devices: --devices N (JAX, TensorFlow); `torchrun --nproc-per-node N -m
+    ssaseg_keras_cli.main train RECIPE --devices N` (PyTorch); several JAX hosts: the same command on
+    each with --coordinator, --num-processes and --process-id.
     """
     use_backend(backend)
     from ssaseg_keras.recipes import load_recipe
+    from ssaseg_keras.training.distribute import parse_devices
     from ssaseg_keras.training.trainer import train as run
 
     path = resolve_recipe_path(recipe)
+    if devices is not None:
+        devices = parse_devices(devices, key="--devices")
+        if devices != "auto":  # checked with the recipe's batch like the recipe key
+            overrides = (*overrides, f"train.devices={devices}")
     config = load_recipe(path, overrides)
     work_dir = work_dir or os.path.join("work_dirs", config["name"])
-    click.echo(f"recipe {path}  ->  work dir {work_dir}")
-    summary = run(config, work_dir, resume=resume, load_pretrained=not no_pretrained, echo=click.echo)
+    multi_host = None
+    if coordinator or num_processes or process_id is not None:
+        multi_host = {"coordinator": coordinator, "num_processes": num_processes, "process_id": process_id}
+    if int(os.environ.get("RANK", "0") or 0) == 0 and not process_id:  # torchrun / JAX process 0
+        click.echo(f"recipe {path}  ->  work dir {work_dir}")
+    summary = run(
+        config, work_dir, resume=resume, load_pretrained=not no_pretrained, echo=click.echo,
+        devices=devices, multi_host=multi_host,
+    )  # fmt: skip
+    from ssaseg_keras.utils.distribution import is_chief
+
+    if not is_chief():
+        return
     best = summary.get("best_miou")
     click.echo(
         f"done: iteration {summary['iteration']}"

@@ -51,6 +51,9 @@ TRAIN_DEFAULTS = {
     # How the losses upsample logits to label size: dense interpolation matmuls or two-tap gathers.
     # The same numbers either way (a speed choice per device; see BENCHMARKS.md).
     "loss_resize": "matmul",
+    # Data-parallel devices: auto (every local accelerator; PyTorch: the processes torchrun
+    # started), or N. batch_size stays the global batch (README, "Training on several GPUs").
+    "devices": "auto",
 }
 
 EVAL_DEFAULTS = {
@@ -202,6 +205,15 @@ def validate_train(section):
     cfg["betas"] = [_number(b, "train.betas", 0.0, 0.999999) for b in betas]
     cfg["precision"] = _choice(cfg["precision"], "train.precision", PRECISIONS)
     cfg["loss_resize"] = _choice(cfg["loss_resize"], "train.loss_resize", RESIZE_METHODS)
+    devices = cfg["devices"]
+    if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
+        raise _fail("train.devices", f"must be auto or a number of devices >= 1, got {devices!r}")
+    if devices != "auto" and cfg["batch_size"] % devices:
+        raise _fail(
+            "train.batch_size",
+            f"{cfg['batch_size']} (the global batch) does not split evenly over train.devices={devices}: "
+            f"make it a multiple of {devices}",
+        )
     if cfg["resume"] not in (True, False, "auto"):
         raise _fail("train.resume", f"must be true, false or auto, got {cfg['resume']!r}")
     cfg["clip_grad_norm"] = _number(

@@ -439,6 +439,8 @@ BAD_RECIPE = "model: {family: segnext, size: t}\ndata: {source: synthetic}\ntrai
         (("evaluate", "bad.yaml", "--checkpoint", "nowhere"), "train.max_iter"),
         (("predict", "nowhere", "img.png", "--output", "out"), "does not exist"),
         (("evaluate", "quickstart", "--checkpoint", "nowhere", "--tta", "flop"), "--tta"),
+        (("train", "quickstart", "--devices", "3"), "does not split evenly over train.devices=3"),
+        (("train", "quickstart", "--devices", "two"), "--devices: must be auto or a number"),
     ],
 )
 def test_cli_user_mistakes_give_one_line_and_exit_code_2(args, expected, tmp_path, monkeypatch, capsys):

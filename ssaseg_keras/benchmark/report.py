@@ -32,7 +32,8 @@ def format_report(report):
     lines = [
         f"recipe {c['recipe']}  ({c['family']}-{c['size_name']}, {c['num_classes']} classes)",
         f"backend {c['backend']} {c['backend_version']}  keras {c['keras_version']}  device {c['device']}",
-        f"precision {c['precision']}  batch {c['batch']}  size {c['image_size'][0]}x{c['image_size'][1]}  "
+        f"devices {c.get('devices', 1)} ({c.get('engine', 'single device')})  "
+        f"precision {c['precision']}  global batch {c['batch']}  size {c['image_size'][0]}x{c['image_size'][1]}  "
         f"median of {c['iters']} after {c['warmup']} warm-up  loss upsampling {c.get('loss_resize', 'matmul')}",
         "",
     ]

@@ -10,6 +10,7 @@ teacher-free model and times images -> argmax class map, compiled like `predict`
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import datetime
 import statistics
@@ -63,8 +64,11 @@ def median_ms(fn, iters, warmup):
     return statistics.median(samples), samples
 
 
-def measure_model(recipe, batch, size, iters, warmup, echo=None):
-    """The figures of one recipe's model (see `benchmark`); the global dtype policy is already set."""
+def measure_model(recipe, batch, size, iters, warmup, echo=None, plan=None):
+    """The figures of one recipe's model (see `benchmark`); the global dtype policy is already set.
+
+    With a several-device `plan` (`training.distribute`), `batch` is the global batch: this process
+    feeds its part, and only the training step is measured (inference runs on one device)."""
     from ssaseg_keras.models import inference_model
     from ssaseg_keras.training.trainer import build_training_model
 
@@ -74,10 +78,15 @@ def measure_model(recipe, batch, size, iters, warmup, echo=None):
     label = "SSA" if model_cfg["ssa"] else "baseline"
     keras.utils.set_random_seed(int(recipe["train"]["seed"]))
 
-    model = build_training_model(recipe, load_pretrained=False)
+    distributed = plan is not None and plan.devices > 1
+    with plan.scope() if plan is not None else contextlib.nullcontext():
+        model = build_training_model(recipe, load_pretrained=False)
+    if plan is not None:
+        plan.prepare_model(model)
     result = {"ssa": bool(model_cfg["ssa"]), "params_training": count_parameters(model.trainable_variables)}
 
-    images, labels = random_batch(batch, size, num_classes, seed=int(recipe["train"]["seed"]))
+    local_batch = plan.per_process_batch if plan is not None else batch
+    images, labels = random_batch(local_batch, size, num_classes, seed=int(recipe["train"]["seed"]))
     x = keras.ops.convert_to_tensor(images)
     y = keras.ops.convert_to_tensor(labels)
 
@@ -105,6 +114,9 @@ def measure_model(recipe, batch, size, iters, warmup, echo=None):
     )
     # The inference model is made after training: JAX's compiled step donates (frees) the training
     # model's old weight buffers, which a copy made earlier would still point to.
+    if distributed:
+        result.update(params_inference=count_parameters(inference_model(model).trainable_variables))
+        return result
     infer = inference_model(model)
     result["params_inference"] = count_parameters(infer.trainable_variables)
     macs = count_macs(infer, size)
@@ -163,7 +175,7 @@ def ratios(model, baseline):
 
 
 def benchmark(
-    recipe, batch=None, size=None, iters=20, warmup=10, precision=None, baseline=True, echo=None
+    recipe, batch=None, size=None, iters=20, warmup=10, precision=None, baseline=True, echo=None, devices=1
 ):
     """Benchmark a validated recipe's model and (unless `baseline=False`) its `ssa: false` twin.
 
@@ -202,6 +214,16 @@ def benchmark(
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
 
+    plan = None
+    if devices != 1:
+        from ssaseg_keras.training.distribute import setup_distribution
+
+        if keras.backend.backend() == "tensorflow":
+            raise UserError(
+                "benchmark --devices is for JAX and PyTorch (a TensorFlow strategy needs a distributed "
+                "dataset); on TensorFlow, `ssaseg-keras train --devices N` logs images/s"
+            )
+        plan = setup_distribution(devices, batch)
     recipe = copy.deepcopy(recipe)
     recipe["train"]["batch_size"] = batch
     recipe["train"]["precision"] = precision
@@ -232,6 +254,8 @@ def benchmark(
         "loss_resize": recipe["train"]["loss_resize"],
         "batch": batch,
         "image_size": list(size),
+        "devices": plan.devices if plan is not None else 1,
+        "engine": plan.engine if plan is not None else "single device",
         "iters": int(iters),
         "warmup": int(warmup),
         "date": datetime.date.today().isoformat(),
@@ -241,7 +265,7 @@ def benchmark(
     try:
         set_precision(precision)
         for name, variant in variants.items():
-            results[name] = measure_model(variant, batch, size, int(iters), int(warmup), echo=echo)
+            results[name] = measure_model(variant, batch, size, int(iters), int(warmup), echo=echo, plan=plan)
     finally:
         keras.config.set_dtype_policy(previous_policy)
     ordered = {key: results[key] for key in ("model", "baseline") if key in results}

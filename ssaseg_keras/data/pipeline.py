@@ -153,7 +153,7 @@ def _tfds(config, split):
 
 def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=None, shuffle=None,
                   augment=None, drop_remainder=None, return_meta=False, pad_multiple=None,
-                  skip_batches=0):  # fmt: skip
+                  skip_batches=0, shard=None):  # fmt: skip
     """The tf.data pipeline of a recipe's `data:` section.
 
     Args:
@@ -171,6 +171,14 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
         skip_batches: train only; start after this many batches of the same seeded sequence, without
             decoding or augmenting them (resuming a run continues its data order exactly; with
             `skip_corrupt`, skipped corrupt files shift the sequence).
+        shard: (shards, index) to read one process's part in multi-process training or evaluation
+            (None: everything). Train: the stream of global batches of `batch_size * shards` samples
+            is the one a single process reads, and this process takes rows
+            [index * batch_size, (index + 1) * batch_size) of each, selected by position before
+            anything is decoded; augmentation is seeded by the global position, so the shards of
+            a global batch together are exactly the single-process batch. Eval: every
+            `shards`-th image from `index`. `batch_size` is the per-shard batch; `skip_batches`
+            counts global batches.
         pad_multiple: eval only; pad each resized image (bottom/right, with 0) up to a multiple of
             this, so that compiled backends see few distinct shapes. Crop predictions back to
             meta["image_shape"] before resizing them to the label (use with return_meta=True).
@@ -201,14 +209,30 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
 
     if skip_batches and not augment:
         raise ValueError("skip_batches applies to training pipelines (augment=True)")
-    skip_samples = first_index = int(skip_batches) * int(batch_size)
+    num_shards, shard_index = (1, 0) if shard is None else (int(shard[0]), int(shard[1]))
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard must be (shards >= 1, 0 <= index < shards), got {shard!r}")
+    global_batch = int(batch_size) * num_shards
+    skip_samples = first_index = int(skip_batches) * global_batch
     head, load, count = _source(config, split)
+
+    @tf.autograph.experimental.do_not_convert
+    def in_shard(position, _item):
+        return tf.equal((position % global_batch) // int(batch_size), shard_index)
+
+    def load_item(item):
+        return decoded(*load(*(item if isinstance(item, tuple) else (item,))))
+
+    enumerated = False  # whether the stream already carries each sample's global position
     # A repeated (training) stream is shuffled AFTER repeat, with a fixed order: the sample at each
     # position is then a pure function of the seed, however many iterators Keras creates over the
     # dataset (reshuffle_each_iteration would give each new iterator another order), and skipping
     # N samples to resume lands exactly where the interrupted run was.
     if head is None:  # tfds: already decoded
-        ds = load.map(decoded, num_parallel_calls=parallel)
+        ds = load
+        if not augment and num_shards > 1:
+            ds = ds.shard(num_shards, shard_index)
+        ds = ds.map(decoded, num_parallel_calls=parallel)
         decoded_shuffle = True
     else:  # shuffle the cheap indices/paths unless decoded samples are cached
         decoded_shuffle = config["cache"]
@@ -221,7 +245,18 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
             if repeat:  # skip the cheap paths, before decoding
                 head = head.skip(skip_samples)
                 repeat, skip_samples = False, 0
-        ds = head.map(lambda *a: decoded(*load(*a)), num_parallel_calls=parallel)
+        if augment and not decoded_shuffle:  # positions (and this process's shard) before decoding
+            if skip_samples:
+                head, skip_samples = head.skip(skip_samples), 0
+            head = head.enumerate(start=first_index)
+            if num_shards > 1:
+                head = head.filter(in_shard)
+            enumerated = True
+            ds = head.map(lambda position, item: (position, load_item(item)), num_parallel_calls=parallel)
+        else:
+            if not augment and num_shards > 1:
+                head = head.shard(num_shards, shard_index)
+            ds = head.map(lambda *a: load_item(a if len(a) > 1 else a[0]), num_parallel_calls=parallel)
         if config.get("skip_corrupt"):  # files that fail to decode (verify only reads headers)
             ds = ds.ignore_errors(log_warning=True)
     if config["cache"]:
@@ -248,7 +283,11 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
             element_seed = tf.stack([base, index])
             return train_transform(sample[0], sample[1], element_seed, config)
 
-        ds = ds.enumerate(start=first_index).map(train_map, num_parallel_calls=parallel)
+        if not enumerated:  # decoded samples (cache, tfds): positions and shard after decoding
+            ds = ds.enumerate(start=first_index)
+            if num_shards > 1:
+                ds = ds.filter(in_shard)
+        ds = ds.map(train_map, num_parallel_calls=parallel)
         ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     else:
 

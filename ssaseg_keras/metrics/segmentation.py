@@ -13,6 +13,7 @@ from keras import ops
 
 from ssaseg_keras.ops.resize import resize_logits
 from ssaseg_keras.utils.conventions import IGNORE_INDEX
+from ssaseg_keras.utils.distribution import to_host
 
 
 def metrics_from_confusion(confusion, class_names=None):
@@ -109,7 +110,7 @@ class SegmentationMetrics(keras.metrics.Metric):
 
     def results(self):
         """mIoU, mAcc, aAcc, per-class IoU/Acc (numpy; see `metrics_from_confusion`)."""
-        return metrics_from_confusion(ops.convert_to_numpy(self.confusion.value), self.class_names)
+        return metrics_from_confusion(to_host(self.confusion), self.class_names)
 
     def get_config(self):
         config = super().get_config()

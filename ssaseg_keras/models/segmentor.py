@@ -11,7 +11,8 @@ Outputs:
   `spatial_prototypes`, `semantic_prototypes`), so the student runs once per step.
 
 `compute_loss` (Keras 3's portable hook, the same on TensorFlow, JAX and PyTorch) returns the sum of
-the loss terms -- the eight of `ssa_loss_terms` (weighted by `ssa_loss_weights`) for SSA, `main_ce`
+the loss terms (divided by the replica count inside a TensorFlow MirroredStrategy replica, whose
+gradients Keras sums) -- the eight of `ssa_loss_terms` (weighted by `ssa_loss_weights`) for SSA, `main_ce`
 for the baseline -- and reports each term as a metric of the same name. Called on inference
 outputs (`evaluate`, `test_on_batch`) it computes and reports only `main_ce` of the image-size
 logits.
@@ -32,6 +33,7 @@ from ssaseg_keras.losses.ssa import (
     ssa_loss_terms,
 )
 from ssaseg_keras.ops.resize import RESIZE_METHODS, resize_bilinear
+from ssaseg_keras.utils.distribution import scale_loss_for_replicas
 from ssaseg_keras.utils.errors import UserError
 from ssaseg_keras.utils.variables import variable_keys
 
@@ -131,6 +133,11 @@ class Segmentor(keras.Model):
         return self.decode_head(self.backbone(images, training=training), training=training)
 
     def call(self, images, training=False):
+        wrapper = self.__dict__.get("_training_forward")
+        if training and wrapper is not None and not wrapper.active:
+            # A data-parallel wrapper that must see the training forward (PyTorch's
+            # DistributedDataParallel: `training.distribute.attach_ddp`); it calls back in here.
+            return wrapper(images)
         features = self.features(images, training=training)
         if training:
             if self.is_ssa:
@@ -176,7 +183,9 @@ class Segmentor(keras.Model):
                 tracker.update_state(terms[name])
         for extra in self.losses:  # regularisation losses of layers, if any
             total = total + ops.cast(extra, "float32")
-        return total
+        # Under a TensorFlow MirroredStrategy: / replicas, as Keras does for its own losses (the
+        # replicas' gradients are summed). Identity on one device, JAX and PyTorch DDP.
+        return scale_loss_for_replicas(total)
 
     # ------------------------------------------------------------- metrics
     @property

@@ -46,9 +46,9 @@ READ_ERRORS = (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError)
 
 
 def _array(variable):
-    import keras
+    from ssaseg_keras.utils.distribution import to_host
 
-    return np.asarray(keras.ops.convert_to_numpy(variable.value))
+    return to_host(variable.value)
 
 
 def model_variables(model):

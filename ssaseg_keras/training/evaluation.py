@@ -24,6 +24,12 @@ from keras import ops
 from ssaseg_keras.models.segmentor import fixed_input_size
 from ssaseg_keras.ops.resize import resize_bilinear
 from ssaseg_keras.utils.conventions import SIZE_DIVISOR
+from ssaseg_keras.utils.distribution import (
+    evaluation_shard,
+    host_sum,
+    local_batch_multiple,
+    to_host,
+)
 from ssaseg_keras.utils.errors import UserError
 
 EVAL_MODES = ("whole", "slide")
@@ -64,8 +70,14 @@ def predict_logits(model, image):
         )
     if (padded_h, padded_w) != (height, width):
         image = np.pad(image, ((0, 0), (0, padded_h - height), (0, padded_w - width), (0, 0)))
-    logits = model.predict_on_batch(image)
-    return np.asarray(logits)[:, :height, :width]
+    batch = image.shape[0]
+    multiple = local_batch_multiple(model)
+    if batch % multiple:  # a data-parallel model splits the batch over its devices: repeat the last image
+        extra = multiple - batch % multiple
+        image = np.concatenate([image, np.repeat(image[-1:], extra, axis=0)])
+    logits = to_host(model.predict_on_batch(image))
+    # The first rows: the images given (a TensorFlow strategy may return each replica's copy).
+    return logits[:batch, :height, :width]
 
 
 def slide_windows(height, width, crop_size, stride):
@@ -135,6 +147,16 @@ def predict_labels(model, image, label_size, eval_config=None, flip=False, scale
     return np.argmax(scores, axis=-1).astype("int32"), scores
 
 
+def confusion_counts(labels, predictions, num_classes):
+    """(K, K) int64 counts (rows labels, columns predictions) of int arrays of one shape; labels
+    outside [0, K) (255 = ignore) are left out, as `SegmentationMetrics` does."""
+    labels = np.asarray(labels).reshape(-1).astype("int64")
+    predictions = np.asarray(predictions).reshape(-1).astype("int64")
+    valid = (labels >= 0) & (labels < num_classes) & (predictions >= 0) & (predictions < num_classes)
+    cells = labels[valid] * num_classes + predictions[valid]
+    return np.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
 def evaluation_data_config(recipe):
     """The recipe's data section with the evaluation's resize scale (`eval.scale`)."""
     return {**recipe["data"], "scale": list(recipe["eval"]["scale"])}
@@ -149,24 +171,34 @@ def evaluate_model(model, recipe, flip=False, scales=(1.0,), max_images=None, ec
     """
     from ssaseg_keras.data import build_dataset, dataset_info
     from ssaseg_keras.data.pipeline import explain_data_errors
-    from ssaseg_keras.metrics.segmentation import SegmentationMetrics
+    from ssaseg_keras.metrics.segmentation import metrics_from_confusion
 
     eval_config = recipe["eval"]
     info = dataset_info(recipe["data"])
-    metric = SegmentationMetrics(info["num_classes"], class_names=info["class_names"])
-    dataset = build_dataset(evaluation_data_config(recipe), "val", batch_size=1, return_meta=True)
+    num_classes = info["num_classes"]
+    confusion = np.zeros((num_classes, num_classes), "int64")
+    # PyTorch ranks each evaluate every n-th image and add their counts (each image once); JAX
+    # hosts and TensorFlow replicas run each image together.
+    shards, index = evaluation_shard()
+    limit = None if not max_images else len(range(index, max_images, shards))  # this shard's part
+    dataset = build_dataset(
+        evaluation_data_config(recipe), "val", batch_size=1, return_meta=True,
+        shard=(shards, index) if shards > 1 else None,
+    )  # fmt: skip
     with explain_data_errors(recipe["data"], "val"):
         count = 0
         for images, labels, meta in dataset.as_numpy_iterator():
+            if limit is not None and count >= limit:
+                break
             h, w = (int(v) for v in meta["image_shape"][0])
             lh, lw = (int(v) for v in meta["label_shape"][0])
             image, label = images[:, :h, :w], labels[:, :lh, :lw]
             prediction, _ = predict_labels(model, image, (lh, lw), eval_config, flip, scales)
-            metric.update_state(label, prediction)
+            confusion += confusion_counts(label, prediction, num_classes)
             count += 1
-            if max_images and count >= max_images:
-                break
-    results = metric.results()
+    confusion = host_sum(confusion)
+    count = int(host_sum(np.array([count], "int64"))[0])
+    results = metrics_from_confusion(confusion, info["class_names"])
 
     def percent(values):
         return [None if v != v else round(float(v) * 100, 4) for v in values]

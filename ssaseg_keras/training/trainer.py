@@ -19,6 +19,8 @@ import keras
 import yaml
 
 from ssaseg_keras.training import checkpoint as ckpt
+from ssaseg_keras.training.distribute import setup_distribution
+from ssaseg_keras.utils.distribution import barrier, host_mean_of
 from ssaseg_keras.utils.errors import UserError
 from ssaseg_keras.utils.tensorflow import import_tensorflow
 
@@ -38,7 +40,8 @@ def build_training_model(recipe, load_pretrained=True):
     """The compiled segmentor and its optimizer for a validated recipe.
 
     With `load_pretrained`, `model.pretrained` (backbone weights) is loaded and its report kept as
-    `model.pretrained_report`. The optimizer's parameter groups are `model.optimizer.groups`.
+    `model.pretrained_report`. The optimizer's parameter groups are `model.optimizer.groups`. Under
+    several devices, call it inside `DistributionPlan.scope()` (the trainer does).
     """
     from ssaseg_keras.models import build_segmentor
     from ssaseg_keras.training.optimizer import build_optimizer
@@ -78,8 +81,10 @@ class IterationLogger(keras.callbacks.Callback):
     with a clear message naming the iteration when a loss is not finite.
     """
 
-    def __init__(self, recipe, work_dir, evaluate_fn=None, start_iteration=0, best_miou=None, echo=print):
+    def __init__(self, recipe, work_dir, evaluate_fn=None, start_iteration=0, best_miou=None, echo=print,
+                 is_chief=True):  # fmt: skip
         super().__init__()
+        self.is_chief = is_chief  # only process 0 writes logs, TensorBoard and checkpoints
         self.recipe = recipe
         self.train_cfg = recipe["train"]
         self.work_dir = work_dir
@@ -87,7 +92,7 @@ class IterationLogger(keras.callbacks.Callback):
         self.echo = echo
         self.start_iteration = start_iteration
         self.best_miou = best_miou
-        self.writer = _summary_writer(os.path.join(work_dir, "tensorboard"))
+        self.writer = _summary_writer(os.path.join(work_dir, "tensorboard")) if is_chief else None
         self.log_path = os.path.join(work_dir, "log.jsonl")
 
     def on_train_begin(self, logs=None):
@@ -106,8 +111,11 @@ class IterationLogger(keras.callbacks.Callback):
         rate = done / max(now - self.started, 1e-9)
         eta = (cfg["max_iters"] - iteration) / max(rate, 1e-9)
         images_per_s = micro_batches * cfg["batch_size"] / max(now - self.chunk_started, 1e-9)
-        terms = {k: float(v) for k, v in (logs or {}).items() if k != "loss"}
-        total = float((logs or {}).get("loss", float("nan")))
+        # PyTorch ranks each log their own shard's means: average them (every rank, so all stop
+        # together on a NaN); JAX and TensorFlow logs are already the global batch's.
+        logs = host_mean_of({k: float(v) for k, v in (logs or {}).items()})
+        terms = {k: v for k, v in logs.items() if k != "loss"}
+        total = float(logs.get("loss", float("nan")))
         record = {
             "iteration": iteration,
             "lr": learning_rate(self.model),
@@ -146,7 +154,8 @@ class IterationLogger(keras.callbacks.Callback):
             is_best = evaluated is not None and (self.best_miou is None or evaluated["mIoU"] > self.best_miou)
             if is_best:
                 self.best_miou = evaluated["mIoU"]
-            if iteration % cfg["checkpoint_interval"] == 0 or iteration >= cfg["max_iters"] or is_best:
+            wants = iteration % cfg["checkpoint_interval"] == 0 or iteration >= cfg["max_iters"] or is_best
+            if wants and self.is_chief:
                 ckpt.save_checkpoint(
                     self.work_dir,
                     self.model,
@@ -159,6 +168,8 @@ class IterationLogger(keras.callbacks.Callback):
                 )
 
     def _log(self, record):
+        if not self.is_chief:
+            return
         with open(self.log_path, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
         if self.writer is not None:
@@ -187,13 +198,17 @@ def _summary_writer(logdir):
     return write
 
 
+def _silent(*_args, **_kwargs):
+    """The `echo` of processes other than 0."""
+
+
 def _duration(seconds):
     seconds = int(max(seconds, 0))
     hours, rest = divmod(seconds, 3600)
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}"
 
 
-def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
+def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True, devices=None, multi_host=None):
     """Train a validated recipe into `work_dir`; returns a summary dict.
 
     Args:
@@ -201,6 +216,12 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
         work_dir: run folder (resolved recipe, checkpoints, logs, TensorBoard).
         resume: continue from the latest checkpoint in work_dir (iteration, schedule, optimizer,
             random-generator states and data order).
+        devices: "auto" or N data-parallel devices (None: the recipe's `train.devices`);
+            `train.batch_size` stays the global batch.
+        multi_host: JAX only, {"coordinator", "num_processes", "process_id"} (None: the
+            KERAS_DISTRIBUTION_* variables, or one host).
+
+    Only process 0 writes (recipe, checkpoints, logs, TensorBoard) and prints.
     """
     from ssaseg_keras.data import build_dataset
     from ssaseg_keras.data.pipeline import explain_data_errors
@@ -210,24 +231,32 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
     cfg = recipe["train"]
     eval_mode = eval_mode_name(recipe["eval"]["mode"], recipe["eval"]["crop_size"], recipe["eval"]["stride"])
     resume = resume or bool(cfg.get("resume"))
-    os.makedirs(work_dir, exist_ok=True)
+    # Before TensorFlow starts (it may split the CPU into logical devices) and before the model.
+    plan = setup_distribution(
+        cfg["devices"] if devices is None else devices, cfg["batch_size"], **(multi_host or {})
+    )
+    if not plan.is_chief:
+        echo = _silent
     import_tensorflow()  # before the model: on JAX / PyTorch it keeps TensorFlow off the GPUs
     set_precision(cfg["precision"])
     keras.utils.set_random_seed(cfg["seed"])
+    echo(plan.describe())
     echo(
-        f"backend {keras.backend.backend()}  precision {cfg['precision']}  "
-        f"global batch {cfg['batch_size']} x {cfg['accumulate_steps']} accumulation = "
-        f"{cfg['batch_size'] * cfg['accumulate_steps']} images per update"
+        f"precision {cfg['precision']}  global batch {cfg['batch_size']} x {cfg['accumulate_steps']} "
+        f"accumulation = {cfg['batch_size'] * cfg['accumulate_steps']} images per update"
     )
     if cfg["batch_size"] * cfg["accumulate_steps"] != PAPER_BATCH_SIZE:
         echo(
             f"warning: the paper's schedule uses a global batch of {PAPER_BATCH_SIZE}; this run uses "
             f"{cfg['batch_size'] * cfg['accumulate_steps']} (results and lr may differ)"
         )
-    with open(os.path.join(work_dir, "recipe.yaml"), "w", encoding="utf-8") as handle:
-        yaml.safe_dump(recipe, handle, sort_keys=False)
+    if plan.is_chief:
+        os.makedirs(work_dir, exist_ok=True)
+        with open(os.path.join(work_dir, "recipe.yaml"), "w", encoding="utf-8") as handle:
+            yaml.safe_dump(recipe, handle, sort_keys=False)
 
-    model = build_training_model(recipe, load_pretrained=load_pretrained and not resume)
+    with plan.scope():
+        model = build_training_model(recipe, load_pretrained=load_pretrained and not resume)
     report = getattr(model, "pretrained_report", None)
     if report is not None:
         echo(f"pretrained backbone {recipe['model']['pretrained']}: {report.describe()}")
@@ -248,17 +277,21 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
             state = ckpt.read_state(checkpoint)
             start, best = int(state["iteration"]), state.get("best_miou")
             echo(f"resumed from {checkpoint} (iteration {start}, trained on {state.get('backend')})")
+    plan.prepare_model(model)  # after restoring: DDP broadcasts rank 0's weights
     if start >= cfg["max_iters"]:
         echo(f"nothing to do: iteration {start} >= max_iters {cfg['max_iters']}")
         return {"iteration": start, "best_miou": best, "eval_mode": eval_mode, "work_dir": work_dir}
 
     micro_per_update = cfg["accumulate_steps"]
     train_ds = build_dataset(
-        recipe["data"], "train", batch_size=cfg["batch_size"], seed=cfg["seed"],
-        skip_batches=start * micro_per_update,
+        recipe["data"], "train", batch_size=plan.per_process_batch, seed=cfg["seed"],
+        skip_batches=start * micro_per_update, shard=plan.data_shard,
     )  # fmt: skip
     evaluator = make_evaluator(recipe)
-    logger = IterationLogger(recipe, work_dir, evaluate_fn=evaluator, start_iteration=start, best_miou=best, echo=echo)
+    logger = IterationLogger(
+        recipe, work_dir, evaluate_fn=evaluator, start_iteration=start, best_miou=best, echo=echo,
+        is_chief=plan.is_chief,
+    )  # fmt: skip
     chunk = math.gcd(cfg["log_interval"], cfg["eval_interval"], cfg["checkpoint_interval"], cfg["max_iters"])
     if start % chunk:
         raise UserError(
@@ -275,6 +308,7 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
             shuffle=False,  # the tf.data pipeline shuffles, seeded
             verbose=0,
         )
+    barrier()  # PyTorch: no rank leaves before process 0 has written its last checkpoint
     if getattr(logger, "diverged", None):
         raise logger.diverged
     return {
@@ -283,4 +317,6 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True):
         "eval_mode": eval_mode,
         "work_dir": work_dir,
         "model": model,
+        "devices": plan.devices,
+        "engine": plan.engine,
     }

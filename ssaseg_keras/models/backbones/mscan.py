@@ -21,6 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from ssaseg_keras.layers.batch_norm import SyncBatchNormalization
 from ssaseg_keras.layers.drop_path import DropPath
 from ssaseg_keras.models.backbones.base import Backbone
 
@@ -34,7 +35,7 @@ def gelu(x):
 
 
 def batch_norm(name, dtype=None):
-    return keras.layers.BatchNormalization(
+    return SyncBatchNormalization(
         epsilon=NORM_EPS, momentum=BN_MOMENTUM, dtype=dtype, name=name
     )
 

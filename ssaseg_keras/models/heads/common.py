@@ -5,6 +5,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from ssaseg_keras.layers.batch_norm import SyncBatchNormalization
+
 NORM_EPS = 1e-5
 
 
@@ -36,7 +38,7 @@ class ConvNormAct(keras.layers.Layer):
                 self.groups, epsilon=NORM_EPS, dtype=policy, name="gn"
             )
         else:
-            self.norm_layer = keras.layers.BatchNormalization(
+            self.norm_layer = SyncBatchNormalization(
                 epsilon=NORM_EPS, momentum=0.9, dtype=policy, name="bn"
             )
         self.conv.build(input_shape)
