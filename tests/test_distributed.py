@@ -228,7 +228,7 @@ def test_jax_two_hosts_on_localhost_train_like_one_device(tmp_path, one_and_two_
     processes = [
         subprocess.Popen(
             [sys.executable, str(RUNNER), str(hosts), "--coordinator", "localhost:29531", "--num-processes", "2",
-             "--process-id", str(i)],
+             "--process-id", str(i), "--devices", "auto"],
             env=env, cwd=HERE.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         for i in range(2)

@@ -57,6 +57,8 @@ def format_report(report):
         lines.append("  ".join(cells).rstrip())
         if index == 0:
             lines.append("  ".join("-" * w for w in widths))
+    if c.get("devices", 1) > 1:
+        lines.append("several devices: the training step only (GFLOPs and inference: run with --devices 1)")
     memory = models["model"].get("peak_memory_window")
     if (
         memory == "since process start"
