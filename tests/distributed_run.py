@@ -40,7 +40,7 @@ ITERATIONS = 3
 GLOBAL_BATCH = 4
 
 
-def recipe():
+def recipe(max_iters=ITERATIONS):
     return validate_recipe({
         "name": "distributed",
         "model": {
@@ -52,7 +52,7 @@ def recipe():
             "num_images": 16, "num_val_images": 3,
         },
         "train": {
-            "max_iters": ITERATIONS, "batch_size": GLOBAL_BATCH, "lr": 1e-3, "warmup_iters": 0,
+            "max_iters": max_iters, "batch_size": GLOBAL_BATCH, "lr": 1e-3, "warmup_iters": 0,
             "log_interval": 1, "eval_interval": ITERATIONS, "checkpoint_interval": ITERATIONS,
         },
     })  # fmt: skip
@@ -109,6 +109,8 @@ def main():
     parser.add_argument("work_dir")
     parser.add_argument("--devices", default="1")
     parser.add_argument("--emulate-replicas", type=int, default=1)
+    parser.add_argument("--max-iters", type=int, default=ITERATIONS)
+    parser.add_argument("--resume", action="store_true")
     parser.add_argument("--coordinator")  # JAX multi-host
     parser.add_argument("--num-processes", type=int)
     parser.add_argument("--process-id", type=int)
@@ -121,7 +123,10 @@ def main():
     if args.emulate_replicas > 1:
         emulate_replicas(args.emulate_replicas)
     devices = "auto" if args.devices == "auto" else int(args.devices)
-    summary = train(recipe(), args.work_dir, devices=devices, load_pretrained=False, echo=print, multi_host=multi_host)
+    summary = train(
+        recipe(args.max_iters), args.work_dir, resume=args.resume, devices=devices, load_pretrained=False,
+        echo=print, multi_host=multi_host,
+    )  # fmt: skip
     from ssaseg_keras.utils.distribution import is_chief
 
     if is_chief():

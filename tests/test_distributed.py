@@ -127,6 +127,27 @@ def test_only_process_zero_writes_and_prints(one_and_two_devices):
     assert f"iter_{ITERATIONS:07d}" in checkpoints and not [p for p in checkpoints if p.startswith(".tmp")]
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("distributed")
+def test_a_two_device_checkpoint_resumes_on_one_device(one_and_two_devices, tmp_path):
+    """Checkpoints do not depend on the device count: the two-device run's and the one-device run's
+    checkpoints, resumed on one device, give the same next iteration (same data position, weights,
+    optimizer state)."""
+    one, two, _ = one_and_two_devices
+    emulate = [] if BACKEND == "jax" else ["--emulate-replicas", "2"]
+    resumed = {}
+    for name, source in (("one", one), ("two", two)):
+        target = tmp_path / name
+        shutil.copytree(source, target)
+        _run([sys.executable, str(RUNNER), str(target), "--devices", "1", "--resume", "--max-iters", str(ITERATIONS + 1),
+              *emulate], _env())  # fmt: skip
+        resumed[name] = [r for r in _records(target) if "loss" in r]
+    assert [r["iteration"] for r in resumed["two"]] == list(range(1, ITERATIONS + 2))
+    last_one, last_two = resumed["one"][-1], resumed["two"][-1]
+    for term in ("loss", "main_ce", "semantic_distill", "response_distill"):
+        assert last_two[term] == pytest.approx(last_one[term], rel=1e-4, abs=1e-6), (term, last_one, last_two)
+
+
 # ------------------------------------------------------------------- data shards
 SYNTHETIC = {
     "source": "synthetic", "num_classes": 5, "image_size": [32, 32], "crop_size": [24, 24],
