@@ -12,6 +12,7 @@ from ssaseg_keras.models.backbones.mscan import MSCANBackbone
 from ssaseg_keras.models.builder import build_segmentor, model_summary_counts
 from ssaseg_keras.models.heads.ham_head import LightHamHead
 from ssaseg_keras.models.heads.segformer_head import SegFormerHead
+from ssaseg_keras.models.heads.uper_head import UPerHead
 from ssaseg_keras.models.presets import FAMILIES, PRESETS
 from ssaseg_keras.models.segmentor import (
     PixelClassifier,
@@ -30,6 +31,7 @@ __all__ = [
     "PixelClassifier",
     "SegFormerHead",
     "Segmentor",
+    "UPerHead",
     "build_segmentor",
     "has_teacher",
     "inference_model",

@@ -12,27 +12,34 @@ NORM_EPS = 1e-5
 
 @keras.saving.register_keras_serializable(package="ssaseg_keras")
 class ConvNormAct(keras.layers.Layer):
-    """1x1 conv (no bias) + norm + optional ReLU, mmseg's `ConvModule`. (B, H, W, Cin) -> (B, H, W, C).
+    """Conv (no bias) + norm + optional ReLU, mmseg's `ConvModule`. (B, H, W, Cin) -> (B, H, W, C).
 
     Args:
         filters: output channels C.
+        kernel_size: 1 or an odd size, stride 1, zero padding (k - 1) / 2 on every side (mmseg's
+            `padding=1` for 3x3), so the output has the input's size.
         norm: "group" (GroupNorm with `groups` groups) or "batch" (BatchNorm); eps 1e-5.
         groups: GroupNorm groups.
         activation: apply ReLU after the norm.
     """
 
-    def __init__(self, filters, norm="group", groups=32, activation=True, **kwargs):
+    def __init__(self, filters, norm="group", groups=32, activation=True, kernel_size=1, **kwargs):
         super().__init__(**kwargs)
         if norm not in ("group", "batch"):
             raise ValueError(f"norm must be 'group' or 'batch', got {norm!r}")
+        if int(kernel_size) < 1 or int(kernel_size) % 2 == 0:
+            raise ValueError(f"kernel_size must be odd, got {kernel_size!r}")
         self.filters = int(filters)
+        self.kernel_size = int(kernel_size)
         self.norm = norm
         self.groups = int(groups)
         self.activation = bool(activation)
 
     def build(self, input_shape):
         policy = self.dtype_policy
-        self.conv = keras.layers.Conv2D(self.filters, 1, use_bias=False, dtype=policy, name="conv")
+        self.conv = keras.layers.Conv2D(
+            self.filters, self.kernel_size, padding="same", use_bias=False, dtype=policy, name="conv"
+        )
         if self.norm == "group":
             self.norm_layer = keras.layers.GroupNormalization(
                 self.groups, epsilon=NORM_EPS, dtype=policy, name="gn"
@@ -59,4 +66,5 @@ class ConvNormAct(keras.layers.Layer):
             "norm": self.norm,
             "groups": self.groups,
             "activation": self.activation,
+            "kernel_size": self.kernel_size,
         }
