@@ -10,6 +10,7 @@ from ssaseg_keras.models.backbones.mit import (  # keras-cv/hub imported lazily
 )
 from ssaseg_keras.models.backbones.mscan import MSCANBackbone
 from ssaseg_keras.models.builder import build_segmentor, model_summary_counts
+from ssaseg_keras.models.heads.fcn_head import FCNHead
 from ssaseg_keras.models.heads.ham_head import LightHamHead
 from ssaseg_keras.models.heads.segformer_head import SegFormerHead
 from ssaseg_keras.models.heads.uper_head import UPerHead
@@ -23,6 +24,7 @@ from ssaseg_keras.models.segmentor import (
 
 __all__ = [
     "FAMILIES",
+    "FCNHead",
     "LightHamHead",
     "MSCANBackbone",
     "MiTBackbone",

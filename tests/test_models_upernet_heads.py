@@ -1,8 +1,9 @@
-"""UPerNet's decode head against mmsegmentation 1.2.2's `UPerHead` (issue 16, first part).
+"""UperNet's heads against mmsegmentation 1.2.2's `UPerHead` and `FCNHead` (issue 16, first part).
 
-`tests/data/uper_head_mmseg.npz` was made by `tests/reference_tools/uper_head_mmseg.py`: a tiny
-UPerHead with random weights and BatchNorm statistics, eval mode, on stage features of odd sizes
-(19x25 ... 3x4), so the pyramid pooling bins overlap and no upsampling is a plain doubling.
+`tests/data/uper_head_mmseg.npz` and `fcn_head_mmseg.npz` were made by
+`tests/reference_tools/upernet_heads_mmseg.py`: tiny heads with random weights and BatchNorm
+statistics, eval mode, on stage features of odd sizes (19x25 ... 3x4), so the pyramid pooling bins
+overlap and no upsampling is a plain doubling.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import DATA_DIR, nchw_to_nhwc, to_numpy
 
+from ssaseg_keras.models.heads.fcn_head import FCNHead
 from ssaseg_keras.models.heads.uper_head import UPerHead, adaptive_average_pool
 from ssaseg_keras.utils.variables import count_parameters
 
@@ -76,3 +78,29 @@ def test_uper_head_swin_t_size_has_mmsegs_parameter_count_and_reloads():
     assert count_parameters(head.trainable_variables) == 31_420_416
     clone = UPerHead.from_config(head.get_config())
     assert clone.get_config() == head.get_config()
+
+
+def test_fcn_head_reproduces_mmseg_features():
+    reference = dict(np.load(DATA_DIR / "fcn_head_mmseg.npz"))
+    state = {k[len("state/"):]: v for k, v in reference.items() if k.startswith("state/")}
+    inputs = [keras.ops.convert_to_tensor(nchw_to_nhwc(reference[f"input/stage{i}_nchw"])) for i in range(1, 5)]
+    head = FCNHead(channels=8, num_convs=2, concat_input=True, in_index=2)
+    head.build([tuple(x.shape) for x in inputs])
+    for i, conv in enumerate(head.convs):
+        _load_conv_module(conv, state, f"convs.{i}")
+    _load_conv_module(head.conv_cat, state, "conv_cat")
+    features = to_numpy(head(inputs, training=False))
+    expected = nchw_to_nhwc(reference["out/features_nchw"])
+    assert features.shape == expected.shape == (2, 5, 7, 8)
+    np.testing.assert_allclose(features, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    mmseg_params = sum(v.size for k, v in state.items() if not k.startswith("conv_seg") and "running" not in k)
+    assert count_parameters(head.trainable_variables) == mmseg_params
+
+
+def test_fcn_auxiliary_head_at_upernet_swin_t_size_has_mmsegs_parameter_count():
+    """UperNet Swin-T's auxiliary head (stage 3, 384 -> 256 channels, one conv, no concat):
+    885,248 trainable parameters without conv_seg, as mmseg 1.2.2 counts them."""
+    head = FCNHead(channels=256, num_convs=1, concat_input=False, in_index=2)
+    head.build([(None, None, None, c) for c in (96, 192, 384, 768)])
+    assert count_parameters(head.trainable_variables) == 885_248
+    assert FCNHead.from_config(head.get_config()).get_config() == head.get_config()
