@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import DATA_DIR, nchw_to_nhwc, to_numpy
 
+from ssaseg_keras.convert import load_reference_weights
 from ssaseg_keras.models.heads.fcn_head import FCNHead
 from ssaseg_keras.models.heads.uper_head import UPerHead, adaptive_average_pool
 from ssaseg_keras.utils.variables import count_parameters
@@ -23,26 +24,14 @@ def reference():
     return dict(np.load(DATA_DIR / "uper_head_mmseg.npz"))
 
 
-def _load_conv_module(layer, state, prefix):
-    """An mmseg ConvModule's conv + BN tensors into a ConvNormAct (torch OIHW -> HWIO)."""
-    layer.conv.kernel.assign(np.transpose(state[f"{prefix}.conv.weight"], (2, 3, 1, 0)))
-    for ours, theirs in (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
-                         ("moving_variance", "running_var")):  # fmt: skip
-        getattr(layer.norm_layer, ours).assign(state[f"{prefix}.bn.{theirs}"])
-
-
 def _head_from(reference):
     state = {k[len("state/"):]: v for k, v in reference.items() if k.startswith("state/")}
     inputs = [nchw_to_nhwc(reference[f"input/stage{i}_nchw"]) for i in range(1, 5)]
     head = UPerHead(channels=8, pool_scales=(1, 2, 3, 6))
     head.build([x.shape for x in inputs])
-    for i, module in enumerate(head.psp_modules):
-        _load_conv_module(module, state, f"psp_modules.{i}.1")
-    for name in ("bottleneck", "fpn_bottleneck"):
-        _load_conv_module(getattr(head, name), state, name)
-    for i in range(3):
-        _load_conv_module(head.lateral_convs[i], state, f"lateral_convs.{i}")
-        _load_conv_module(head.fpn_convs[i], state, f"fpn_convs.{i}")
+    # Strict: every tensor of mmseg's head (but its classifier) has a place, every weight a tensor.
+    report = load_reference_weights(head, state, ignore=["conv_seg.*"])
+    assert len(report.loaded) == len([k for k in state if not k.startswith("conv_seg")])
     return head, state, inputs
 
 
@@ -86,9 +75,8 @@ def test_fcn_head_reproduces_mmseg_features():
     inputs = [keras.ops.convert_to_tensor(nchw_to_nhwc(reference[f"input/stage{i}_nchw"])) for i in range(1, 5)]
     head = FCNHead(channels=8, num_convs=2, concat_input=True, in_index=2)
     head.build([tuple(x.shape) for x in inputs])
-    for i, conv in enumerate(head.convs):
-        _load_conv_module(conv, state, f"convs.{i}")
-    _load_conv_module(head.conv_cat, state, "conv_cat")
+    report = load_reference_weights(head, state, ignore=["conv_seg.*"])
+    assert len(report.loaded) == len([k for k in state if not k.startswith("conv_seg")])
     features = to_numpy(head(inputs, training=False))
     expected = nchw_to_nhwc(reference["out/features_nchw"])
     assert features.shape == expected.shape == (2, 5, 7, 8)

@@ -5,6 +5,7 @@ from ssaseg_keras.convert import mscan as _mscan_mappings  # noqa: F401
 from ssaseg_keras.convert import segformer as _segformer_mappings  # noqa: F401
 from ssaseg_keras.convert import segmentor as _segmentor_mappings  # noqa: F401
 from ssaseg_keras.convert import ssa as _ssa_mappings  # noqa: F401  (registers the SSA mapping)
+from ssaseg_keras.convert import upernet as _upernet_mappings  # noqa: F401
 from ssaseg_keras.convert.checkpoint import (
     convert_checkpoint,
     load_pretrained_backbone,
