@@ -26,9 +26,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import keras  # noqa: E402
-import numpy as np  # noqa: E402
 from keras import ops  # noqa: E402
-from models_helpers import TINY_BACKBONE, TINY_HEAD  # noqa: E402
+from models_helpers import TINY_BACKBONE, TINY_HEAD, fixed_bases  # noqa: E402
 
 from ssaseg_keras.models.heads.ham_head import NMF2D  # noqa: E402
 from ssaseg_keras.models.segmentor import Segmentor  # noqa: E402
@@ -59,10 +58,8 @@ def recipe(max_iters=ITERATIONS):
 
 
 def same_bases_for_every_image(self, batch, channels):
-    grid = np.arange(channels * self.rank, dtype="float64").reshape(1, channels, self.rank)
-    bases = 0.1 + (np.sin(grid * 0.37) + 1.0) / 2.0
-    bases = (bases / np.linalg.norm(bases, axis=1, keepdims=True)).astype("float32")
-    return ops.broadcast_to(ops.convert_to_tensor(bases), (batch, channels, self.rank))
+    bases = ops.convert_to_tensor(fixed_bases(1, int(channels), self.rank))
+    return ops.broadcast_to(bases, (batch, channels, self.rank))
 
 
 def freeze_biases_before_batch_norm(build):

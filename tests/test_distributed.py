@@ -238,6 +238,20 @@ def test_torch_several_devices_need_torchrun(monkeypatch):
         setup_distribution("auto", 4, coordinator="localhost:1234", num_processes=2)
 
 
+def test_multi_host_flags_without_a_process_count_are_refused(monkeypatch):
+    """--coordinator / --process-id alone would otherwise be ignored (a one-host run)."""
+    from ssaseg_keras.training.distribute import setup_distribution
+
+    monkeypatch.delenv("KERAS_DISTRIBUTION_NUM_PROCESSES", raising=False)
+    with pytest.raises(UserError, match="give --num-processes N"):
+        setup_distribution(1, 4, coordinator="localhost:1234")
+    with pytest.raises(UserError, match="give --num-processes N"):
+        setup_distribution(1, 4, process_id=1)
+    monkeypatch.setenv("KERAS_DISTRIBUTION_NUM_PROCESSES", "two")
+    with pytest.raises(UserError, match="KERAS_DISTRIBUTION_NUM_PROCESSES='two'"):
+        setup_distribution(1, 4)
+
+
 # ------------------------------------------------------------------- JAX multi-host
 @pytest.mark.skipif(BACKEND != "jax", reason="backend: JAX multi-host")
 @pytest.mark.skipif(os.environ.get("SSASEG_MULTIHOST_TESTS") != "1", reason="opt-in: SSASEG_MULTIHOST_TESTS=1 (two processes on localhost)")

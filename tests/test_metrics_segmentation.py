@@ -125,3 +125,20 @@ def test_unknown_sizes_in_a_tf_graph():
     np.testing.assert_array_equal(
         to_numpy(metric.confusion.value), [[4, 0, 0], [0, 8, 0], [0, 0, 4]]
     )
+
+
+def test_host_confusion_counts_equal_the_metric():
+    """The evaluation loop's host counts and the Keras metric count the same pixels the same way
+    (ignore label and out-of-range labels left out)."""
+    from ssaseg_keras.metrics.segmentation import confusion_counts
+
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 6, size=(2, 9, 11)).astype("int32")
+    labels[0, :2] = 255
+    labels[1, 3] = 7  # out of range for 6 classes
+    predictions = rng.integers(0, 6, size=(2, 9, 11)).astype("int32")
+    metric = SegmentationMetrics(6)
+    metric.update_state(labels, predictions)
+    counts = confusion_counts(labels, predictions, 6)
+    np.testing.assert_array_equal(counts, keras.ops.convert_to_numpy(metric.confusion))
+    assert counts.sum() == 2 * 9 * 11 - 2 * 11 - 11

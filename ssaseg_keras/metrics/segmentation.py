@@ -41,6 +41,20 @@ def metrics_from_confusion(confusion, class_names=None):
     return out
 
 
+def confusion_counts(labels, predictions, num_classes):
+    """(K, K) int64 counts (rows labels, columns predictions) of int arrays of one shape, on the
+    host; labels outside [0, K) (255 = ignore) are left out, as `SegmentationMetrics` does.
+
+    The evaluation loop streams these (int64, whatever the split's size) and adds them over
+    PyTorch ranks (`utils.distribution.host_sum`); `SegmentationMetrics` is the same count as a
+    Keras metric, on the device, for `compile(metrics=...)`."""
+    labels = np.asarray(labels).reshape(-1).astype("int64")
+    predictions = np.asarray(predictions).reshape(-1).astype("int64")
+    valid = (labels >= 0) & (labels < num_classes) & (predictions >= 0) & (predictions < num_classes)
+    cells = labels[valid] * num_classes + predictions[valid]
+    return np.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+
+
 class SegmentationMetrics(keras.metrics.Metric):
     """Streaming confusion matrix over pixels; `result()` is the mIoU.
 

@@ -126,11 +126,17 @@ def setup_distribution(devices=AUTO, global_batch=16, coordinator=None, num_proc
     """
     devices = parse_devices(devices)
     backend = keras.backend.backend()
-    multi_host = num_processes is not None and int(num_processes) > 1
+    env_processes = _env_process_count()
+    multi_host = (num_processes is not None and int(num_processes) > 1) or env_processes > 1
+    if (coordinator or process_id is not None) and not multi_host:
+        raise UserError(
+            "--coordinator / --process-id describe a multi-host run: give --num-processes N (> 1) too "
+            f"(or {MULTI_HOST_ENV}), or leave all three out for one host"
+        )
     if backend == "jax":
         plan = _setup_jax(devices, global_batch, coordinator, num_processes, process_id)
     elif backend == "tensorflow":
-        if multi_host or coordinator or int(os.environ.get(MULTI_HOST_ENV, "1") or 1) > 1 or os.environ.get("TF_CONFIG"):
+        if multi_host or os.environ.get("TF_CONFIG"):
             raise UserError(
                 "multi-host training is not available on TensorFlow: MultiWorkerMirroredStrategy does not "
                 "work with Keras 3 (keras-team/keras#20585). Train on several hosts with the JAX backend "
@@ -139,7 +145,7 @@ def setup_distribution(devices=AUTO, global_batch=16, coordinator=None, num_proc
             )
         plan = _setup_tensorflow(devices, global_batch)
     elif backend == "torch":
-        if multi_host or coordinator:
+        if multi_host:
             raise UserError(
                 "on PyTorch, several machines are set up by torchrun, not --coordinator/--num-processes: "
                 "torchrun --nnodes M --nproc-per-node N --rdzv-endpoint HOST:PORT -m ssaseg_keras_cli.main "
@@ -150,6 +156,16 @@ def setup_distribution(devices=AUTO, global_batch=16, coordinator=None, num_proc
         raise UserError(f"training on backend {backend!r} is not supported")
     _check_batch(plan)
     return plan
+
+
+def _env_process_count():
+    """KERAS_DISTRIBUTION_NUM_PROCESSES as an int (1 when unset)."""
+    text = os.environ.get(MULTI_HOST_ENV, "").strip()
+    if not text:
+        return 1
+    if not text.isdigit() or int(text) < 1:
+        raise UserError(f"{MULTI_HOST_ENV}={text!r}: must be the number of hosts, an integer >= 1")
+    return int(text)
 
 
 def _check_batch(plan):
@@ -169,8 +185,7 @@ def _too_many(asked, present, kind, hint):
 def _setup_jax(devices, global_batch, coordinator, num_processes, process_id):
     import jax
 
-    env_processes = int(os.environ.get(MULTI_HOST_ENV, "1") or 1)
-    processes = int(num_processes) if num_processes is not None else env_processes
+    processes = int(num_processes) if num_processes is not None else _env_process_count()
     if processes > 1 and not jax.distributed.is_initialized():
         # CPU hosts exchange over gloo (a test set-up); GPU hosts use NCCL whatever this says.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")

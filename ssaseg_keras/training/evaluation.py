@@ -147,16 +147,6 @@ def predict_labels(model, image, label_size, eval_config=None, flip=False, scale
     return np.argmax(scores, axis=-1).astype("int32"), scores
 
 
-def confusion_counts(labels, predictions, num_classes):
-    """(K, K) int64 counts (rows labels, columns predictions) of int arrays of one shape; labels
-    outside [0, K) (255 = ignore) are left out, as `SegmentationMetrics` does."""
-    labels = np.asarray(labels).reshape(-1).astype("int64")
-    predictions = np.asarray(predictions).reshape(-1).astype("int64")
-    valid = (labels >= 0) & (labels < num_classes) & (predictions >= 0) & (predictions < num_classes)
-    cells = labels[valid] * num_classes + predictions[valid]
-    return np.bincount(cells, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
-
-
 def evaluation_data_config(recipe):
     """The recipe's data section with the evaluation's resize scale (`eval.scale`)."""
     return {**recipe["data"], "scale": list(recipe["eval"]["scale"])}
@@ -171,7 +161,7 @@ def evaluate_model(model, recipe, flip=False, scales=(1.0,), max_images=None, ec
     """
     from ssaseg_keras.data import build_dataset, dataset_info
     from ssaseg_keras.data.pipeline import explain_data_errors
-    from ssaseg_keras.metrics.segmentation import metrics_from_confusion
+    from ssaseg_keras.metrics.segmentation import confusion_counts, metrics_from_confusion
 
     eval_config = recipe["eval"]
     info = dataset_info(recipe["data"])

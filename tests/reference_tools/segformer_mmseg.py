@@ -28,26 +28,11 @@ import gzip
 import json
 import os
 import sys
-import types
 
 import numpy as np
+from mmseg_stub import stub_mmcv_ops  # the folder of this script is on sys.path
 
-
-def _stub_mmcv_ops():
-    """A stand-in `mmcv.ops` whose every name is a placeholder (imported by mmseg, unused here)."""
-    module = types.ModuleType("mmcv.ops")
-
-    def placeholder(name):
-        def unavailable(*args, **kwargs):
-            raise RuntimeError(f"mmcv.ops.{name} is not available in mmcv-lite")
-
-        return type(name, (), {"__init__": unavailable, "__call__": unavailable})
-
-    module.__getattr__ = lambda name: placeholder(name) if not name.startswith("__") else None
-    sys.modules["mmcv.ops"] = module
-
-
-_stub_mmcv_ops()
+stub_mmcv_ops()
 
 import torch  # noqa: E402
 from mmengine.optim import DefaultOptimWrapperConstructor  # noqa: E402
