@@ -119,10 +119,13 @@ def norm_mapping(layer, name):
 # ------------------------------------------------------------------ loader
 @dataclass
 class LoadReport:
-    """What `load_reference_weights` did: the names it loaded and the buffers/names it skipped."""
+    """What `load_reference_weights` did: the names it loaded and the buffers/names it skipped;
+    `kept`: the model's names the file does not have, left at their values (e.g. the output norms an
+    official Swin ImageNet file lacks)."""
 
     loaded: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
 
     @property
     def num_loaded(self):
@@ -139,6 +142,8 @@ class LoadReport:
             text += f"; not used: {', '.join(names[:8])}{', ...' if len(names) > 8 else ''}"
         if buffers:
             text += f"; skipped {len(buffers)} buffers without weights"
+        if self.kept:
+            text += f"; not in the file, kept at their initial values: {', '.join(self.kept)}"
         return text
 
 
