@@ -18,10 +18,11 @@ import os
 import yaml
 
 from ssaseg_keras.losses.ssa import LOSS_TERMS
-from ssaseg_keras.models.builder import MODEL_DEFAULTS
+from ssaseg_keras.models.builder import MODEL_DEFAULTS, model_preset
 from ssaseg_keras.models.presets import PRESETS
 from ssaseg_keras.ops.resize import RESIZE_METHODS
 from ssaseg_keras.training.evaluation import EVAL_MODES
+from ssaseg_keras.training.optimizer import DEFAULT_CUSTOM_KEYS
 from ssaseg_keras.utils.errors import RecipeError
 
 SECTIONS = ("name", "model", "data", "train", "eval")
@@ -38,7 +39,10 @@ TRAIN_DEFAULTS = {
     "warmup_ratio": 1e-6,
     "poly_power": 1.0,
     "min_lr": 0.0,
-    "head_lr_mult": 10.0,
+    "head_lr_mult": None,  # the "head" custom key's lr_mult (10 in the default keys); null: the keys'
+    # mmcv's paramwise_cfg.custom_keys: {substring of a reference parameter name: {lr_mult, decay_mult}};
+    # null: SegNeXt's / SegFormer's {pos_block: decay 0, norm: decay 0, head: lr x10}.
+    "custom_keys": None,
     "eval_interval": 8000,
     "checkpoint_interval": 8000,
     "log_interval": 50,
@@ -147,26 +151,47 @@ def validate_model(section):
         if size[0] % 32 or size[1] % 32:
             raise _fail("model.image_size", f"must be multiples of 32, got {size}")
         cfg["image_size"] = size
-    for part in ("backbone", "head"):
+    for part in ("backbone", "head", "auxiliary_head"):
         if cfg[part] is None:
             cfg[part] = {}
+        if part == "auxiliary_head" and cfg[part] is False:
+            continue  # UperNet without its auxiliary head
         if not isinstance(cfg[part], dict):
             raise _fail(f"model.{part}", f"must be a mapping of preset overrides, got {cfg[part]!r}")
-        allowed = PRESETS[family][cfg["size"]][part]
-        _check_keys(cfg[part], allowed, f"model.{part}")
+    preset = model_preset(cfg)  # RecipeError naming the key for unknown overrides / backbone types
     pretrained = cfg["pretrained"]
     if pretrained is not None:
         if not isinstance(pretrained, str) or not pretrained:
             raise _fail("model.pretrained", f"must be a file path, got {pretrained!r}")
-        is_preset = family == "segformer" and not os.path.splitext(pretrained)[1]
-        if not is_preset and not os.path.isfile(pretrained):
-            hint = (
-                "a local .weights.h5 file or a keras-cv preset name such as mit_b0_imagenet"
-                if family == "segformer"
-                else "the MSCAN ImageNet .pth (e.g. mscan_t.pth from the SegNeXt release)"
+        if preset["backbone"].get("type") == "keras_hub":
+            raise _fail(
+                "model.pretrained",
+                "a keras_hub backbone loads its weights from its preset: set model.backbone.preset and "
+                "model.backbone.load_weights: true, and remove model.pretrained",
             )
-            raise _fail("model.pretrained", f"file {pretrained!r} does not exist; give {hint}")
+        # Whether the file exists is checked when training starts (`check_pretrained`): a recipe
+        # names the reference's file, which a machine without it can still read, convert or test.
     return cfg
+
+
+def check_pretrained(model_config):
+    """Raise RecipeError when `model.pretrained` names a file that is not there (presets pass)."""
+    pretrained = model_config.get("pretrained")
+    if pretrained is None:
+        return
+    is_preset = model_config["family"] == "segformer" and not os.path.splitext(pretrained)[1]
+    if is_preset or os.path.isfile(pretrained):
+        return
+    hints = {
+        "segformer": "a local .weights.h5 file or a keras-cv preset name such as mit_b0_imagenet",
+        "segnext": "the MSCAN ImageNet .pth (e.g. mscan_t.pth from the SegNeXt release)",
+        "upernet": "the Swin ImageNet .pth the reference config names (official or mmseg layout)",
+    }
+    raise _fail(
+        "model.pretrained",
+        f"file {pretrained!r} does not exist; download {hints[model_config['family']]} there, point "
+        "to it with --set model.pretrained=PATH, or train from scratch with --no-pretrained",
+    )
 
 
 def validate_data(section):
@@ -198,7 +223,17 @@ def validate_train(section):
     cfg["warmup_ratio"] = _number(cfg["warmup_ratio"], "train.warmup_ratio", 0.0, 1.0)
     cfg["poly_power"] = _number(cfg["poly_power"], "train.poly_power", low=0.0)
     cfg["min_lr"] = _number(cfg["min_lr"], "train.min_lr", low=0.0)
-    cfg["head_lr_mult"] = _number(cfg["head_lr_mult"], "train.head_lr_mult", low=0.0, low_open=True)
+    cfg["custom_keys"] = _custom_keys(cfg["custom_keys"])
+    cfg["head_lr_mult"] = _number(cfg["head_lr_mult"], "train.head_lr_mult", low=0.0, low_open=True, allow_none=True)
+    keys = cfg["custom_keys"] or DEFAULT_CUSTOM_KEYS
+    if cfg["head_lr_mult"] is None:
+        cfg["head_lr_mult"] = keys["head"].get("lr_mult", 1.0) if "head" in keys else None
+    elif "head" not in keys:
+        raise _fail(
+            "train.head_lr_mult",
+            "sets the lr of the `head` custom key, but train.custom_keys has none: add "
+            "`head: {lr_mult: ...}` to train.custom_keys or remove train.head_lr_mult",
+        )
     betas = cfg["betas"]
     if not isinstance(betas, list | tuple) or len(betas) != 2:
         raise _fail("train.betas", f"must be a list of 2 numbers in [0, 1), got {betas!r}")
@@ -220,6 +255,22 @@ def validate_train(section):
         cfg["clip_grad_norm"], "train.clip_grad_norm", low=0.0, low_open=True, allow_none=True
     )
     return cfg
+
+
+def _custom_keys(keys):
+    """train.custom_keys validated: {str: {"lr_mult": x, "decay_mult": y}} or None."""
+    if keys is None:
+        return None
+    if not isinstance(keys, dict) or not keys:
+        raise _fail("train.custom_keys", f"must be a mapping of name substring to {{lr_mult, decay_mult}}, got {keys!r}")
+    out = {}
+    for key, multipliers in keys.items():
+        where = f"train.custom_keys.{key}"
+        if not isinstance(multipliers, dict) or not multipliers:
+            raise _fail(where, f"must be a mapping with lr_mult and/or decay_mult, got {multipliers!r}")
+        _check_keys(multipliers, ("lr_mult", "decay_mult"), where)
+        out[str(key)] = {name: _number(value, f"{where}.{name}", low=0.0) for name, value in multipliers.items()}
+    return out
 
 
 def validate_eval(section):

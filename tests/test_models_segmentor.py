@@ -155,10 +155,28 @@ np.savez({npz!r}, images=images, expected=expected)
 
 
 SEGFORMER_B0 = {"family": "segformer", "size": "b0", "num_classes": 7, "ssa": True}
+# UperNet-Swin + SSA with its auxiliary head, and UperNet over a keras-hub ResNet (tiny sizes).
+UPERNET_SWIN = {
+    "family": "upernet", "size": "t", "num_classes": 7, "ssa": True, "seed": 3,
+    "backbone": {"embed_dims": 16, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 2, 4]},
+    "head": {"channels": 32}, "auxiliary_head": {"channels": 16},
+}  # fmt: skip
+UPERNET_KERAS_HUB = {
+    "family": "upernet", "size": "t", "num_classes": 7, "ssa": True, "seed": 3,
+    "backbone": {"type": "keras_hub", "class_name": "ResNetBackbone", "arguments": {
+        "input_conv_filters": [64], "input_conv_kernel_sizes": [7], "stackwise_num_filters": [64, 8, 16, 16],
+        "stackwise_num_blocks": [1, 1, 1, 1], "stackwise_num_strides": [1, 2, 2, 2],
+        "block_type": "basic_block", "use_pre_activation": False}},
+    "head": {"channels": 16}, "auxiliary_head": {"channels": 8},
+}  # fmt: skip
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("config", [None, SEGFORMER_B0], ids=["segnext_tiny", "segformer_b0"])
+@pytest.mark.parametrize(
+    "config",
+    [None, SEGFORMER_B0, UPERNET_SWIN, UPERNET_KERAS_HUB],
+    ids=["segnext_tiny", "segformer_b0", "upernet_swin_tiny", "upernet_keras_hub_resnet"],
+)
 def test_keras_file_from_another_backend_gives_the_same_outputs(tmp_path, config):
     current = keras.backend.backend()
     other = "torch" if current != "torch" else "tensorflow"

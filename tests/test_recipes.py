@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from ssaseg_keras.recipes import TRAIN_DEFAULTS, load_recipe, parse_override
+from ssaseg_keras.recipes import TRAIN_DEFAULTS, check_pretrained, load_recipe, parse_override
 from ssaseg_keras.utils.errors import RecipeError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,11 +53,57 @@ def test_reference_schedule_of_the_coco_recipe():
     assert recipe["eval"] == {"mode": "whole", "scale": [2048, 512], "crop_size": [512, 512], "stride": [341, 341]}
 
 
+def test_reference_schedule_of_the_upernet_swin_recipes():
+    for size, width in (("t", 96), ("b", 128), ("l", 192)):
+        recipe = load_recipe(os.path.join(REPO, "recipes", f"upernet_swin_{size}_ade20k.yaml"))
+        model, train = recipe["model"], recipe["train"]
+        assert (model["family"], model["size"], model["num_classes"], model["drop_path"]) == ("upernet", size, 150, 0.3)
+        assert model["pretrained"].startswith(f"pretrained/swin_{ {'t': 'tiny', 'b': 'base', 'l': 'large'}[size]}_patch4_window7_224")
+        assert (train["max_iters"], train["batch_size"], train["lr"], train["weight_decay"]) == (160000, 16, 6e-5, 0.01)
+        assert (train["warmup_iters"], train["warmup_ratio"], train["poly_power"]) == (1500, 1e-6, 1.0)
+        # mmseg's upernet_swin optimizer: no decay on these, and no head lr multiplier.
+        assert train["custom_keys"] == {
+            "absolute_pos_embed": {"decay_mult": 0.0},
+            "relative_position_bias_table": {"decay_mult": 0.0},
+            "norm": {"decay_mult": 0.0},
+        }
+        assert train["head_lr_mult"] is None
+        assert width  # the size's Swin width is checked by the model tests
+    pc = load_recipe(os.path.join(REPO, "recipes", "upernet_swin_t_pascal_context59.yaml"))
+    assert pc["model"]["num_classes"] == 59 and pc["data"]["crop_size"] == (480, 480) and pc["train"]["max_iters"] == 80000
+    coco = load_recipe(os.path.join(REPO, "recipes", "upernet_swin_l_coco_baseline.yaml"))
+    assert coco["model"]["num_classes"] == 171 and coco["model"]["ssa"] is False
+
+
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("train.custom_keys={norm: 0}", "train.custom_keys.norm: must be a mapping with lr_mult and/or decay_mult"),
+        ("train.custom_keys={norm: {decay: 0}}", "train.custom_keys.norm.decay: unknown key; allowed keys of `train.custom_keys.norm`: decay_mult, lr_mult"),
+        ("train.custom_keys={norm: {decay_mult: -1}}", "train.custom_keys.norm.decay_mult: must be >= 0.0"),
+    ],
+)
+def test_bad_custom_keys_name_the_key(tmp_path, override, fragment):
+    with pytest.raises(RecipeError) as info:
+        load_recipe(write(tmp_path, MINIMAL), overrides=[override])
+    assert fragment in str(info.value)
+
+
+def test_head_lr_mult_needs_a_head_custom_key(tmp_path):
+    recipe = load_recipe(write(tmp_path, MINIMAL), overrides=["train.custom_keys={norm: {decay_mult: 0}}"])
+    assert recipe["train"]["head_lr_mult"] is None
+    with pytest.raises(RecipeError, match="train.head_lr_mult: sets the lr of the `head` custom key, but train.custom_keys has none"):
+        load_recipe(write(tmp_path, MINIMAL), overrides=["train.custom_keys={norm: {decay_mult: 0}}", "train.head_lr_mult=5"])
+    keys = load_recipe(write(tmp_path, MINIMAL), overrides=["train.custom_keys={head: {lr_mult: 4}}"])["train"]
+    assert keys["head_lr_mult"] == 4.0
+
+
 def test_defaults_and_num_classes_from_data(tmp_path):
     recipe = load_recipe(write(tmp_path, MINIMAL, "my_run.yaml"))
     assert recipe["name"] == "my_run"
     assert recipe["model"]["num_classes"] == 150  # taken from the ADE20K data source
-    assert recipe["train"] == TRAIN_DEFAULTS
+    # The defaults, with the head lr multiplier resolved from the default custom keys (x10).
+    assert recipe["train"] == {**TRAIN_DEFAULTS, "head_lr_mult": 10.0}
     assert recipe["model"]["ssa"] is True and recipe["model"]["dropout"] == 0.1
 
 
@@ -78,15 +124,16 @@ def test_overrides_are_yaml_values(tmp_path):
 @pytest.mark.parametrize(
     "override, fragment",
     [
-        ("model.famly=segnext", "model.famly: unknown key; allowed keys of `model`: backbone"),
-        ("model.family=unet", "model.family: must be one of segnext, segformer, got 'unet'"),
+        ("model.famly=segnext", "model.famly: unknown key; allowed keys of `model`: auxiliary_head, backbone"),
+        ("model.family=unet", "model.family: must be one of segnext, segformer, upernet, got 'unet'"),
         ("model.size=xl", "model.size: must be one of t, s, b, l"),
         ("model.ssa=maybe", "model.ssa: must be true or false"),
         ("model.num_classes=150.5", "model.num_classes: must be an integer"),
         ("model.num_classes=19", "model.num_classes: is 19 but the data has 150 classes"),
-        ("model.backbone.widths=[1]", "model.backbone.widths: unknown key; allowed keys of `model.backbone`: depths, drop_path_rate, embed_dims, mlp_ratios"),
+        ("model.backbone.widths=[1]", "model.backbone.widths: unknown key; allowed keys of `model.backbone` (segnext): depths, drop_path_rate, embed_dims, mlp_ratios"),
+        ("model.backbone.type=swin", "model.backbone.type: 'swin' is not a segnext backbone; allowed: none (only upernet takes"),
+        ("model.auxiliary_head.channels=8", "model.auxiliary_head: segnext has no auxiliary head; remove the key"),
         ("model.image_size=100", "model.image_size: must be multiples of 32"),
-        ("model.pretrained=missing/mscan_t.pth", "model.pretrained: file 'missing/mscan_t.pth' does not exist"),
         ("train.lr=-1", "train.lr: must be > 0.0"),
         ("train.precision=fp8", "train.precision: must be one of float32, mixed_float16, mixed_bfloat16"),
         ("train.batch_size=0", "train.batch_size: must be >= 1"),
@@ -127,6 +174,14 @@ def test_bad_files(tmp_path):
         load_recipe(write(tmp_path, "data: {source: ade20k, root: x}\n"))
     with pytest.raises(RecipeError, match="data.source"):
         load_recipe(write(tmp_path, "model: {family: segnext}\ndata: {source: cityscapes}\n"))
+
+
+def test_missing_pretrained_file_is_named_when_training_starts(tmp_path):
+    # A recipe may name the reference's pretrained file (it loads, converts and tests without it);
+    # training checks it first thing, naming the key and the fixes.
+    recipe = load_recipe(write(tmp_path, MINIMAL), overrides=["model.pretrained=missing/mscan_t.pth"])
+    with pytest.raises(RecipeError, match="model.pretrained: file 'missing/mscan_t.pth' does not exist; .*--no-pretrained"):
+        check_pretrained(recipe["model"])
 
 
 def test_existing_pretrained_file_is_accepted(tmp_path):

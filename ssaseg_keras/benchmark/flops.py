@@ -7,7 +7,8 @@ and the decode head record theirs. From those shapes:
 - `conv_dense`: multiply-adds of convolutions (depthwise included) and dense layers;
 - `bias`: one add per output element of a layer with a bias;
 - `matmul`: multiply-adds of products outside layers: NMF's matrix products (all update steps of
-  inference) and SSA's three pixel-by-class einsums (two prototype poolings, the cosine logits);
+  inference), SSA's three pixel-by-class einsums (two prototype poolings, the cosine logits) and
+  Swin's window attention (queries x keys, weights x values over the padded windows);
 - `resize`: bilinear resizes, 4 multiply-adds per output element (decode head inputs, logits to
   the image).
 
@@ -65,6 +66,7 @@ def count_macs(model, image_size, batch=1):
     their conv_dense + bias).
     """
     from ssaseg_keras.layers.ssa import SSAClassifier
+    from ssaseg_keras.models.backbones.swin import SwinWindowAttention
     from ssaseg_keras.models.heads.ham_head import NMF2D, LightHamHead
 
     height, width = int(image_size[0]), int(image_size[1])
@@ -100,6 +102,8 @@ def count_macs(model, image_size, batch=1):
                 record(layer, "nmf")
             elif isinstance(layer, SSAClassifier):
                 record(layer, "ssa")
+            elif isinstance(layer, SwinWindowAttention):
+                record(layer, "window_attention")
             elif isinstance(layer, LightHamHead):
                 record(layer, "ham_head")
     try:
@@ -123,6 +127,9 @@ def count_macs(model, image_size, batch=1):
         elif kind == "ssa":
             b, h, w, c = in_shape
             counts["matmul"] += 3 * b * h * w * layer.num_classes * c
+        elif kind == "window_attention":
+            b, windows, tokens, channels = in_shape  # (B, windows, window_size^2, C)
+            counts["matmul"] += 2 * b * windows * tokens * tokens * channels
         elif kind == "ham_head":
             selected = [in_shape[i] for i in layer.in_index]
             target = selected[0][1:3]

@@ -1,10 +1,12 @@
 """Converters from the reference implementation's checkpoints (PyTorch, mmseg 0.30 layout)."""
 
 from ssaseg_keras.convert import ham_head as _ham_head_mappings  # noqa: F401  (registers mappings)
+from ssaseg_keras.convert import keras_hub_pyramid as _keras_hub_mappings  # noqa: F401
 from ssaseg_keras.convert import mscan as _mscan_mappings  # noqa: F401
 from ssaseg_keras.convert import segformer as _segformer_mappings  # noqa: F401
 from ssaseg_keras.convert import segmentor as _segmentor_mappings  # noqa: F401
 from ssaseg_keras.convert import ssa as _ssa_mappings  # noqa: F401  (registers the SSA mapping)
+from ssaseg_keras.convert import swin as _swin_mappings  # noqa: F401
 from ssaseg_keras.convert import upernet as _upernet_mappings  # noqa: F401
 from ssaseg_keras.convert.checkpoint import (
     convert_checkpoint,

@@ -17,7 +17,7 @@ from ssaseg_keras.utils.errors import CheckpointError, UserError
 
 # Keys of an ImageNet classification checkpoint that have no place in a segmentation backbone.
 PRETRAINED_IGNORED = ("head.*", "head", "classifier.*", "fc.*")
-MODEL_PREFIXES = ("backbone.", "decode_head.")
+MODEL_PREFIXES = ("backbone.", "decode_head.", "auxiliary_head.")
 
 
 def read_torch_checkpoint(path) -> dict:
@@ -73,7 +73,7 @@ def convert_checkpoint(path, recipe_or_model, strict=True, overrides=()):
         (model, report): the loaded model and a `LoadReport` (`report.loaded` names; see
         `counts_by_part`).
     """
-    from ssaseg_keras.models import build_segmentor, has_teacher
+    from ssaseg_keras.models import build_segmentor, has_auxiliary_heads, has_teacher
 
     if hasattr(recipe_or_model, "backbone") and hasattr(recipe_or_model, "classifier"):
         model = recipe_or_model
@@ -91,7 +91,10 @@ def convert_checkpoint(path, recipe_or_model, strict=True, overrides=()):
             f"{sorted(state)[:5]}); is it a backbone-only ImageNet checkpoint? Use the recipe option "
             "`model.pretrained` for those."
         )
-    ignore = () if has_teacher(model) else ("decode_head.gt_*",)
+    # A training checkpoint loads into a deployed model: its teacher / auxiliary heads are skipped.
+    ignore = (() if has_teacher(model) else ("decode_head.gt_*",)) + (
+        () if has_auxiliary_heads(model) else ("auxiliary_head.*",)
+    )
     try:
         report = load_reference_weights(model, state, strict=strict, ignore=ignore)
     except ReferenceWeightsError as error:
@@ -105,9 +108,14 @@ def load_pretrained_backbone(model, path, family="segnext", strict=True):
     SegNeXt: an MSCAN classification `.pth` (keys without `backbone.`; its classifier `head.*`
     ignored) or a segmentation checkpoint (its `backbone.*` part). SegFormer: see
     `ssaseg_keras.convert.segformer.load_mit_weights` (a keras-cv preset name or a local
-    `.weights.h5` file).
+    `.weights.h5` file). UperNet: a Swin ImageNet `.pth`, official layout (`layers.*`, converted by
+    mmseg's swin_converter rule) or mmseg layout (`stages.*`); see `ssaseg_keras.convert.swin`.
     """
     backbone = getattr(model, "backbone", model)
+    if family == "upernet":
+        from ssaseg_keras.convert.swin import load_swin_pretrained
+
+        return load_swin_pretrained(backbone, path)
     if family == "segformer":
         from ssaseg_keras.convert.segformer import load_mit_weights
 

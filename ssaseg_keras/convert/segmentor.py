@@ -1,4 +1,5 @@
-"""Reference names of a whole segmentor: `backbone.*` and `decode_head.*` (head + classifier)."""
+"""Reference names of a whole segmentor: `backbone.*`, `decode_head.*` (head + classifier) and
+`auxiliary_head.*` (mmseg: `auxiliary_head.` for one auxiliary head, `auxiliary_head.<i>.` for a list)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from ssaseg_keras.convert.reference import (
     reference_mapping,
     register_reference_mapping,
 )
+from ssaseg_keras.models.heads.auxiliary import AuxiliaryHead
 from ssaseg_keras.models.segmentor import PixelClassifier, Segmentor
 
 
@@ -21,3 +23,13 @@ def segmentor_mapping(model):
     yield from reference_mapping(model.backbone, prefix="backbone.")
     yield from reference_mapping(model.decode_head, prefix="decode_head.")
     yield from reference_mapping(model.classifier, prefix="decode_head.")
+    heads = model.auxiliary_heads
+    for index, head in enumerate(heads):
+        yield from reference_mapping(head, prefix="auxiliary_head." if len(heads) == 1 else f"auxiliary_head.{index}.")
+
+
+@register_reference_mapping(AuxiliaryHead)
+def auxiliary_head_mapping(layer):
+    # mmseg keeps the auxiliary classifier inside the auxiliary head, like the decode head's.
+    yield from reference_mapping(layer.head)
+    yield from reference_mapping(layer.classifier)

@@ -10,6 +10,7 @@ from ssaseg_keras.models.backbones.mit import (  # keras-cv/hub imported lazily
 )
 from ssaseg_keras.models.backbones.mscan import MSCANBackbone
 from ssaseg_keras.models.builder import build_segmentor, model_summary_counts
+from ssaseg_keras.models.heads.auxiliary import AuxiliaryHead
 from ssaseg_keras.models.heads.fcn_head import FCNHead
 from ssaseg_keras.models.heads.ham_head import LightHamHead
 from ssaseg_keras.models.heads.segformer_head import SegFormerHead
@@ -18,11 +19,13 @@ from ssaseg_keras.models.presets import FAMILIES, PRESETS
 from ssaseg_keras.models.segmentor import (
     PixelClassifier,
     Segmentor,
+    has_auxiliary_heads,
     has_teacher,
     inference_model,
 )
 
 __all__ = [
+    "AuxiliaryHead",
     "FAMILIES",
     "FCNHead",
     "LightHamHead",
@@ -35,6 +38,7 @@ __all__ = [
     "Segmentor",
     "UPerHead",
     "build_segmentor",
+    "has_auxiliary_heads",
     "has_teacher",
     "inference_model",
     "model_summary_counts",

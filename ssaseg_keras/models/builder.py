@@ -5,7 +5,7 @@ from __future__ import annotations
 import copy
 
 from ssaseg_keras.layers.ssa import SSAClassifier
-from ssaseg_keras.models.presets import PRESETS
+from ssaseg_keras.models.presets import BACKBONE_TYPES, KERAS_HUB_BACKBONE_KEYS, PRESETS
 from ssaseg_keras.models.segmentor import PixelClassifier, Segmentor
 from ssaseg_keras.utils.errors import RecipeError
 from ssaseg_keras.utils.variables import count_parameters
@@ -22,12 +22,14 @@ MODEL_DEFAULTS = {
     "source": "keras_cv",
     "image_size": None,  # optional fixed input size [H, W] (SegFormer); None: any multiple of 32
     "seed": None,
-    "backbone": {},  # overrides of the preset's backbone arguments
+    "backbone": {},  # overrides of the preset's backbone arguments (UperNet: or a keras-hub backbone)
     "head": {},  # overrides of the preset's head arguments
+    "auxiliary_head": {},  # overrides of the preset's auxiliary head (UperNet); false: none
 }
 
 
-def _preset(config):
+def model_preset(config):
+    """The family/size preset with the recipe's `backbone`, `head` and `auxiliary_head` overrides."""
     family, size = config["family"], str(config["size"]).lower()
     if family not in PRESETS:
         raise RecipeError(f"model.family: unknown family {family!r}; allowed: {', '.join(PRESETS)}.")
@@ -36,26 +38,68 @@ def _preset(config):
             f"model.size: unknown {family} size {config['size']!r}; allowed: {', '.join(PRESETS[family])}."
         )
     preset = copy.deepcopy(PRESETS[family][size])
-    for part in ("backbone", "head"):
-        overrides = config.get(part) or {}
-        unknown = sorted(set(overrides) - set(preset[part]))
-        if unknown:
+    backbone = dict(config.get("backbone") or {})
+    typed = "type" in preset["backbone"]  # a family whose backbone can be chosen (UperNet)
+    if "type" in backbone and (not typed or backbone["type"] not in BACKBONE_TYPES):
+        allowed = ", ".join(BACKBONE_TYPES) if typed else "none (only upernet takes model.backbone.type)"
+        raise RecipeError(f"model.backbone.type: {backbone['type']!r} is not a {family} backbone; allowed: {allowed}.")
+    if backbone.get("type") == "keras_hub":
+        # UperNet over a keras-hub feature pyramid: the recipe names the whole backbone.
+        preset["backbone"] = {"type": "keras_hub"}
+        _check_overrides(backbone, KERAS_HUB_BACKBONE_KEYS, "model.backbone", "a keras_hub backbone")
+        if not backbone.get("preset") and not backbone.get("class_name"):
             raise RecipeError(
-                f"model.{part}: unknown keys {unknown} for {family}; allowed: {sorted(preset[part])}."
+                "model.backbone: a keras_hub backbone needs `preset` (a keras-hub preset name or a local "
+                "preset directory) or `class_name` (e.g. ResNetBackbone) with `arguments`."
             )
-        preset[part].update(overrides)
+    else:
+        _check_overrides(backbone, preset["backbone"], "model.backbone", family)
+    preset["backbone"].update(backbone)
+    for part in ("head", "auxiliary_head"):
+        overrides = config.get(part)
+        if part == "auxiliary_head" and overrides is False:
+            preset.pop(part, None)  # an ablation without the auxiliary head
+            continue
+        overrides = overrides or {}
+        if overrides and part not in preset:
+            raise RecipeError(f"model.{part}: {family} has no {part.replace('_', ' ')}; remove the key.")
+        if part in preset:
+            _check_overrides(overrides, preset[part], f"model.{part}", family)
+            preset[part].update(overrides)
     return preset
+
+
+def _check_overrides(overrides, allowed, key, what):
+    unknown = sorted(set(overrides) - set(allowed))
+    if unknown:
+        raise RecipeError(
+            f"{key}.{unknown[0]}: unknown key; allowed keys of `{key}` ({what}): {', '.join(sorted(allowed))}"
+        )
 
 
 def build_backbone(config, preset):
     """The backbone of `config` (family, drop_path, image_size, source, seed) with `preset` sizes."""
     args = dict(preset["backbone"])
+    backbone_type = args.pop("type", None)
+    if backbone_type == "keras_hub":
+        from ssaseg_keras.models.backbones.keras_hub_pyramid import KerasHubBackbone
+
+        if config.get("drop_path") is not None:
+            raise RecipeError(
+                "model.drop_path: a keras_hub backbone takes its own arguments; set the rate in "
+                "model.backbone.arguments (if its class has one) and remove model.drop_path."
+            )
+        return KerasHubBackbone(**args, name="backbone")
     if config.get("drop_path") is not None:
         args["drop_path_rate"] = float(config["drop_path"])
     if config["family"] == "segnext":
         from ssaseg_keras.models.backbones.mscan import MSCANBackbone
 
         return MSCANBackbone(**args, seed=config.get("seed"), name="backbone")
+    if backbone_type == "swin":
+        from ssaseg_keras.models.backbones.swin import SwinBackbone
+
+        return SwinBackbone(**args, seed=config.get("seed"), name="backbone")
     from ssaseg_keras.models.backbones.mit import MiTBackbone
 
     size = config.get("image_size")
@@ -76,9 +120,28 @@ def build_decode_head(config, preset):
         from ssaseg_keras.models.heads.ham_head import LightHamHead
 
         return LightHamHead(**args, seed=config.get("seed"), name="decode_head")
+    if config["family"] == "upernet":
+        from ssaseg_keras.models.heads.uper_head import UPerHead
+
+        return UPerHead(**args, name="decode_head")
     from ssaseg_keras.models.heads.segformer_head import SegFormerHead
 
     return SegFormerHead(**args, name="decode_head")
+
+
+def build_auxiliary_heads(config, preset):
+    """The training-only auxiliary heads of the preset (UperNet: one FCNHead), [] for none."""
+    if "auxiliary_head" not in preset:
+        return []
+    from ssaseg_keras.models.heads.auxiliary import AuxiliaryHead
+    from ssaseg_keras.models.heads.fcn_head import FCNHead
+
+    args = dict(preset["auxiliary_head"])
+    dropout, loss_weight = float(args.pop("dropout")), float(args.pop("loss_weight"))
+    head = FCNHead(**args, name="fcn_head")
+    return [
+        AuxiliaryHead(head, int(config["num_classes"]), dropout=dropout, loss_weight=loss_weight, name="auxiliary_head")
+    ]
 
 
 def build_segmentor(model_config: dict, training: bool = True, loss_resize_method: str = "matmul") -> Segmentor:
@@ -86,21 +149,24 @@ def build_segmentor(model_config: dict, training: bool = True, loss_resize_metho
 
     Args:
         model_config: keys of `MODEL_DEFAULTS` (missing ones take those defaults): `family`
-            (segnext | segformer), `size` (t/s/b/l | b0..b5), `num_classes`, `ssa` (SSA classifier
+            (segnext | segformer | upernet), `size` (t/s/b/l | b0..b5 | t/b/l), `num_classes`, `ssa` (SSA classifier
             with its training teacher, or the plain 1x1 baseline), `dropout`, `drop_path`,
             `ssa_loss_weights`, `source` (keras_cv | keras_hub, SegFormer only), `image_size`,
-            `seed`, and `backbone`/`head` dicts overriding the size preset (e.g. a tiny test model).
+            `seed`, and `backbone`/`head`/`auxiliary_head` dicts overriding the size preset (e.g. a
+            tiny test model). UperNet: `backbone` may instead name a keras-hub feature-pyramid
+            backbone (`type: keras_hub` with `preset`, or `class_name` + `arguments`), and
+            `auxiliary_head: false` leaves its FCN auxiliary head out.
             `pretrained` is not read here: training loads it after building
             (`ssaseg_keras.convert.load_pretrained_backbone`).
-        training: build the training form (an SSA model carries its teacher); False builds the
-            teacher-free inference form directly (see also `inference_model`).
+        training: build the training form (an SSA model carries its teacher, UperNet its auxiliary
+            head); False builds the deployed form directly (see also `inference_model`).
         loss_resize_method: how the losses upsample logits (the recipe's `train.loss_resize`).
 
     Returns:
         A built `Segmentor`.
     """
     config = {**MODEL_DEFAULTS, **(model_config or {})}
-    preset = _preset(config)
+    preset = model_preset(config)
     backbone = build_backbone(config, preset)
     decode_head = build_decode_head(config, preset)
     num_classes = int(config["num_classes"])
@@ -119,6 +185,7 @@ def build_segmentor(model_config: dict, training: bool = True, loss_resize_metho
         classifier,
         loss_resize_method=loss_resize_method,
         ssa_loss_weights=loss_weights or None,
+        auxiliary_heads=build_auxiliary_heads(config, preset) if training else [],
         name=f"{config['family']}_{config['size']}",
     )
     model.build((None, None, None, 3))

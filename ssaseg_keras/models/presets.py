@@ -1,7 +1,8 @@
 """Model sizes as data: backbone and decode-head arguments of every family and size.
 
 SegNeXt (MSCAN + LightHamHead) follows the SegNeXt paper / mmseg configs; SegFormer (MiT + all-MLP
-head) the SegFormer paper. `build_segmentor` (ssaseg_keras.models) reads these tables.
+head) the SegFormer paper; UperNet (Swin + UPerHead + an FCN auxiliary head) mmseg's / the SSA-Seg
+reference's `upernet_swin` configs. `build_segmentor` (ssaseg_keras.models) reads these tables.
 """
 
 from __future__ import annotations
@@ -34,7 +35,32 @@ SEGFORMER_PRESETS = {
     "b5": {"backbone": {"embed_dims": [64, 128, 320, 512], "depths": [3, 6, 40, 3], "drop_path_rate": 0.1}, "head": {"channels": 768}},
 }
 
-PRESETS = {"segnext": SEGNEXT_PRESETS, "segformer": SEGFORMER_PRESETS}
+# UperNet's auxiliary FCNHead (mmseg's `upernet_swin` base config): stage 3, one 3x3 conv of 256, no
+# concat, dropout 0.1, cross-entropy weight 0.4. Training only.
+UPERNET_AUXILIARY_HEAD = {"channels": 256, "num_convs": 1, "concat_input": False, "in_index": 2, "dropout": 0.1, "loss_weight": 0.4}
+UPERNET_HEAD = {"channels": 512, "pool_scales": [1, 2, 3, 6]}
+
+
+def _swin(embed_dims, depths, num_heads):
+    return {
+        "backbone": {"type": "swin", "embed_dims": embed_dims, "depths": depths, "num_heads": num_heads, "window_size": 7, "drop_path_rate": 0.3},
+        "head": dict(UPERNET_HEAD),
+        "auxiliary_head": dict(UPERNET_AUXILIARY_HEAD),
+    }
+
+
+UPERNET_PRESETS = {
+    "t": _swin(96, [2, 2, 6, 2], [3, 6, 12, 24]),
+    "b": _swin(128, [2, 2, 18, 2], [4, 8, 16, 32]),
+    "l": _swin(192, [2, 2, 18, 2], [6, 12, 24, 48]),
+}
+
+# `model.backbone` of an UperNet over a keras-hub feature-pyramid backbone (`type: keras_hub`):
+# a preset (name or local directory) or a class name + arguments (`KerasHubBackbone`'s arguments).
+KERAS_HUB_BACKBONE_KEYS = ("type", "preset", "class_name", "arguments", "load_weights", "levels", "image_shape")
+BACKBONE_TYPES = ("swin", "keras_hub")
+
+PRESETS = {"segnext": SEGNEXT_PRESETS, "segformer": SEGFORMER_PRESETS, "upernet": UPERNET_PRESETS}
 FAMILIES = tuple(PRESETS)
 
 

@@ -10,10 +10,14 @@ Outputs:
   `SSAClassifier.forward_student` (`coarse_logits`, `refined_logits`, `feat_pos`,
   `spatial_prototypes`, `semantic_prototypes`), so the student runs once per step.
 
+  With auxiliary heads (`models.heads.AuxiliaryHead`, e.g. UperNet's FCNHead) it also holds
+  `aux_logits_<i>` (B, h_i, w_i, K) float32; the backbone runs once for all heads.
+
 `compute_loss` (Keras 3's portable hook, the same on TensorFlow, JAX and PyTorch) returns the sum of
 the loss terms (divided by the replica count inside a TensorFlow MirroredStrategy replica, whose
 gradients Keras sums) -- the eight of `ssa_loss_terms` (weighted by `ssa_loss_weights`) for SSA, `main_ce`
-for the baseline -- and reports each term as a metric of the same name. Called on inference
+for the baseline, plus `aux_ce` (the auxiliary heads' weighted cross-entropies) when there are
+auxiliary heads -- and reports each term as a metric of the same name. Called on inference
 outputs (`evaluate`, `test_on_batch`) it computes and reports only `main_ce` of the image-size
 logits.
 """
@@ -36,6 +40,8 @@ from ssaseg_keras.ops.resize import RESIZE_METHODS, resize_bilinear
 from ssaseg_keras.utils.distribution import scale_loss_for_replicas
 from ssaseg_keras.utils.errors import UserError
 from ssaseg_keras.utils.variables import variable_keys
+
+AUX_PREFIX = "aux_logits_"  # training outputs of the auxiliary heads: aux_logits_0, aux_logits_1, ...
 
 
 @keras.saving.register_keras_serializable(package="ssaseg_keras")
@@ -82,6 +88,8 @@ class Segmentor(keras.Model):
         ssa_loss_weights: SSA only, {term: weight} for the eight terms (missing terms take
             `ssaseg_keras.losses.DEFAULT_SSA_LOSS_WEIGHTS`, the reference's: 10 for `semantic_distill`, 0.4 for
             `spatial_distill`, 1 for the rest).
+        auxiliary_heads: training-only `AuxiliaryHead`s on the stage features (mmseg's
+            `auxiliary_head`); `inference_model` drops them.
 
     Call:
         `model(images, training=False)`: images (B, H, W, 3), normalised, H and W multiples of 32
@@ -90,11 +98,13 @@ class Segmentor(keras.Model):
     `compute_loss(x, y, y_pred)`: y = integer labels (B, H, W) (or (B, H, W, 1)), 255 = ignore.
     """
 
-    def __init__(self, backbone, decode_head, classifier, loss_resize_method="matmul", ssa_loss_weights=None, **kwargs):
+    def __init__(self, backbone, decode_head, classifier, loss_resize_method="matmul", ssa_loss_weights=None,
+                 auxiliary_heads=None, **kwargs):  # fmt: skip
         super().__init__(**kwargs)
         self.backbone = backbone
         self.decode_head = decode_head
         self.classifier = classifier
+        self.auxiliary_heads = list(auxiliary_heads or [])
         if loss_resize_method not in RESIZE_METHODS:
             raise ValueError(f"loss_resize_method must be one of {RESIZE_METHODS}, got {loss_resize_method!r}")
         self.loss_resize_method = loss_resize_method
@@ -107,7 +117,9 @@ class Segmentor(keras.Model):
             raise UserError("ssa_loss_weights: only an SSA model (an SSAClassifier) has these loss terms")
         else:
             self.ssa_loss_weights = None
-        self.loss_term_names = list(LOSS_TERMS) if self.is_ssa else ["main_ce"]
+        self.loss_term_names = (list(LOSS_TERMS) if self.is_ssa else ["main_ce"]) + (
+            ["aux_ce"] if self.auxiliary_heads else []
+        )
         self.loss_trackers = [keras.metrics.Mean(name=name) for name in self.loss_term_names]
         self._reported_terms = None  # None: every term; else the names `evaluate` computes
 
@@ -125,6 +137,9 @@ class Segmentor(keras.Model):
             self.decode_head.build(feature_shapes)
         if not self.classifier.built:
             self.classifier.build(self.decode_head.compute_output_shape(feature_shapes))
+        for head in self.auxiliary_heads:
+            if not head.built:
+                head.build(feature_shapes)
         self.built = True
 
     # ----------------------------------------------------------------- forward
@@ -138,12 +153,18 @@ class Segmentor(keras.Model):
             # A data-parallel wrapper that must see the training forward (PyTorch's
             # DistributedDataParallel: `training.distribute.attach_ddp`); it calls back in here.
             return wrapper(images)
-        features = self.features(images, training=training)
+        stages = self.backbone(images, training=training)
+        features = self.decode_head(stages, training=training)
         if training:
+            outputs = {"features": features}
             if self.is_ssa:
                 student = self.classifier.forward_student(features, training=True)
-                return {"logits": student["refined_logits"], "features": features, **student}
-            return {"logits": self.classifier(features, training=True), "features": features}
+                outputs.update(logits=student["refined_logits"], **student)
+            else:
+                outputs["logits"] = self.classifier(features, training=True)
+            for index, head in enumerate(self.auxiliary_heads):
+                outputs[f"aux_logits_{index}"] = head(stages, training=True)
+            return outputs
         logits = self.classifier(features, training=False)
         return resize_bilinear(ops.cast(logits, "float32"), ops.shape(images)[1:3], align_corners=False)
 
@@ -157,8 +178,10 @@ class Segmentor(keras.Model):
         if not isinstance(y_pred, dict):  # inference output: image-size logits
             return baseline_loss_terms(y_pred, labels, resize_method=method)
         if self.is_ssa:
-            student = {k: v for k, v in y_pred.items() if k not in ("logits", "features")}
-            return ssa_loss_terms(
+            student = {
+                k: v for k, v in y_pred.items() if k not in ("logits", "features") and not k.startswith(AUX_PREFIX)
+            }
+            terms = ssa_loss_terms(
                 self.classifier,
                 y_pred["features"],
                 labels,
@@ -166,7 +189,15 @@ class Segmentor(keras.Model):
                 resize_method=method,
                 weights=self.ssa_loss_weights,
             )
-        return baseline_loss_terms(y_pred["logits"], labels, resize_method=method)
+        else:
+            terms = baseline_loss_terms(y_pred["logits"], labels, resize_method=method)
+        if self.auxiliary_heads:  # mmseg: loss_weight x the plain decode-head cross-entropy, per head
+            terms["aux_ce"] = sum(
+                head.loss_weight
+                * baseline_loss_terms(y_pred[f"{AUX_PREFIX}{index}"], labels, resize_method=method)["main_ce"]
+                for index, head in enumerate(self.auxiliary_heads)
+            )
+        return terms
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         if sample_weight is not None:
@@ -223,6 +254,7 @@ class Segmentor(keras.Model):
             "classifier": keras.saving.serialize_keras_object(self.classifier),
             "loss_resize_method": self.loss_resize_method,
             "ssa_loss_weights": self.ssa_loss_weights,
+            "auxiliary_heads": [keras.saving.serialize_keras_object(h) for h in self.auxiliary_heads],
         }
 
     @classmethod
@@ -233,6 +265,10 @@ class Segmentor(keras.Model):
                 config[key] = keras.saving.deserialize_keras_object(
                     config[key], custom_objects=custom_objects
                 )
+        config["auxiliary_heads"] = [
+            keras.saving.deserialize_keras_object(h, custom_objects=custom_objects) if isinstance(h, dict) else h
+            for h in config.get("auxiliary_heads") or []
+        ]
         return cls(**config)
 
 
@@ -245,28 +281,34 @@ def fixed_input_size(model):
     return None
 
 
+def has_auxiliary_heads(model):
+    """True when the model carries training-only auxiliary heads."""
+    return bool(getattr(model, "auxiliary_heads", None))
+
+
 def has_teacher(model):
     """True when the model carries SSA-Seg's training-only teacher weights."""
     return isinstance(model.classifier, SSAClassifier) and model.classifier.with_teacher
 
 
 def inference_model(model):
-    """The model without the teacher: a new `Segmentor` with copies of every other weight.
+    """The deployed model: a new `Segmentor` without the teacher and the auxiliary heads (training-only
+    parts), with copies of every other weight.
 
-    A baseline or an already teacher-free model is returned unchanged. The result predicts exactly
-    like `model` and its trainable parameter count is the spec's "inference" count.
+    A model that has neither is returned unchanged. The result predicts exactly like `model` and its
+    trainable parameter count is the deployed "inference" count (the spec's for SegNeXt; for UperNet
+    the paper's "inference" column also counts the auxiliary head: see BENCHMARKS.md).
     """
-    if not has_teacher(model):
+    if not has_teacher(model) and not has_auxiliary_heads(model):
         return model
     old_classifier = model.classifier
-    classifier = SSAClassifier.from_config({**old_classifier.get_config(), "with_teacher": False})
-    backbone = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(model.backbone))
-    decode_head = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(model.decode_head)
-    )
+    if has_teacher(model):
+        classifier = SSAClassifier.from_config({**old_classifier.get_config(), "with_teacher": False})
+    else:
+        classifier = _copy_layer(old_classifier)
     new = Segmentor(
-        backbone,
-        decode_head,
+        _copy_layer(model.backbone),
+        _copy_layer(model.decode_head),
         classifier,
         loss_resize_method=model.loss_resize_method,
         ssa_loss_weights=model.ssa_loss_weights,
@@ -277,6 +319,11 @@ def inference_model(model):
     copy_variables(model.decode_head, new.decode_head)
     copy_variables(old_classifier, classifier, allow_extra_source=True)
     return new
+
+
+def _copy_layer(layer):
+    """A new, unbuilt layer (or functional backbone) with `layer`'s configuration."""
+    return keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
 
 
 def copy_variables(source, target, allow_extra_source=False):

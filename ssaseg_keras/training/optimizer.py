@@ -3,8 +3,10 @@
 Parameter groups follow mmcv's `paramwise_cfg.custom_keys` exactly, applied to each weight's
 *reference* name (e.g. `backbone.block1.0.norm1.weight`, `decode_head.conv_seg.weight`), so the
 same weights get the same treatment as in the reference: the longest matching key wins (ties by
-alphabetical order) and only that key's multipliers apply. The SSA-Seg recipes use
-`{"pos_block": decay 0, "norm": decay 0, "head": lr x10}`. The names come from the model's
+alphabetical order) and only that key's multipliers apply. The SegNeXt / SegFormer recipes use
+`{"pos_block": decay 0, "norm": decay 0, "head": lr x10}` (the default), UperNet-Swin's
+`{"absolute_pos_embed": decay 0, "relative_position_bias_table": decay 0, "norm": decay 0}` (the
+recipe's `train.custom_keys`). The names come from the model's
 registered reference mapping (`ssaseg_keras.convert`); a model with a trainable weight that has no
 reference name is an error, not a guess from Keras paths (which name keras-cv's attention layers
 `.../seg_former_multihead_attention/dense/kernel`: "head" would match).
@@ -249,7 +251,9 @@ def build_optimizer(model, train_config):
     if accumulate > 1:
         kwargs["gradient_accumulation_steps"] = accumulate
     return GroupedAdamW(
-        groups=parameter_groups(model, head_lr_mult=train_config.get("head_lr_mult", 10.0)),
+        groups=parameter_groups(
+            model, custom_keys=train_config.get("custom_keys"), head_lr_mult=train_config.get("head_lr_mult")
+        ),
         learning_rate=schedule,
         beta_1=float(betas[0]),
         beta_2=float(betas[1]),

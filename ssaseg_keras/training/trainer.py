@@ -50,9 +50,17 @@ def build_training_model(recipe, load_pretrained=True):
     if load_pretrained and recipe["model"].get("pretrained"):
         from ssaseg_keras.convert import load_pretrained_backbone
 
+        model.pretrained_source = recipe["model"]["pretrained"]
         model.pretrained_report = load_pretrained_backbone(
             model, recipe["model"]["pretrained"], family=recipe["model"]["family"]
         )
+    elif load_pretrained and getattr(model.backbone, "preset", None) and getattr(model.backbone, "loads_preset_weights", False):
+        # A keras-hub backbone's preset weights (model.backbone.preset): reported like a file's.
+        from ssaseg_keras.convert import LoadReport, reference_mapping
+
+        model.pretrained_source = f"keras-hub preset {model.backbone.preset}"
+        names = dict.fromkeys(name for name, _, _ in reference_mapping(model.backbone, prefix="backbone."))
+        model.pretrained_report = LoadReport(loaded=list(names))
     optimizer = build_optimizer(model, recipe["train"])
     model.compile(optimizer=optimizer, jit_compile="auto")
     return model
@@ -225,12 +233,15 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True, devi
     """
     from ssaseg_keras.data import build_dataset
     from ssaseg_keras.data.pipeline import explain_data_errors
+    from ssaseg_keras.recipes import check_pretrained
     from ssaseg_keras.training.evaluation import eval_mode_name, make_evaluator
     from ssaseg_keras.training.optimizer import describe_groups
 
     cfg = recipe["train"]
     eval_mode = eval_mode_name(recipe["eval"]["mode"], recipe["eval"]["crop_size"], recipe["eval"]["stride"])
     resume = resume or bool(cfg.get("resume"))
+    if load_pretrained and not resume:
+        check_pretrained(recipe["model"])  # before anything starts: a missing file is one line
     # Before TensorFlow starts (it may split the CPU into logical devices) and before the model.
     plan = setup_distribution(
         cfg["devices"] if devices is None else devices, cfg["batch_size"], **(multi_host or {})
@@ -259,7 +270,7 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True, devi
         model = build_training_model(recipe, load_pretrained=load_pretrained and not resume)
     report = getattr(model, "pretrained_report", None)
     if report is not None:
-        echo(f"pretrained backbone {recipe['model']['pretrained']}: {report.describe()}")
+        echo(f"pretrained backbone {model.pretrained_source}: {report.describe()}")
     echo(
         f"parameter groups (mmcv rule on the reference names, base lr {cfg['lr']:g}, weight decay "
         f"{cfg['weight_decay']:g}):"
