@@ -1,9 +1,10 @@
-"""The quickstart's claim, trained for real: SSA-Seg beats its 1x1 baseline at the same budget.
+"""The quickstarts' claim, trained for real: SSA-Seg beats its 1x1 baseline at the same budget.
 
 Opt-in (`tox -e quality-torch`, `quality-jax`, `quality-tensorflow`, or SSASEG_QUALITY_TESTS=1): it
 trains `recipes/quickstart.yaml` and `recipes/quickstart_baseline.yaml` (SegNeXt-T, 400 iterations
-of batch 8 at 64x64) on the active backend, minutes per model on a CPU -- too long for the default
-suite on CI's two cores. Measured margins are in the README.
+of batch 8 at 64x64), then the UperNet pair `recipes/quickstart_upernet{,_baseline}.yaml` (a tiny
+UperNet-Swin with its auxiliary head, 800 iterations), on the active backend, minutes per model on
+a CPU -- too long for the default suite on CI's two cores. Measured margins are in the README.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ def final_miou(name, work_dir):
     return float(evals[-1].split("mIoU ")[1].split()[0])
 
 
-def test_quickstart_ssa_beats_its_baseline(tmp_path):
-    ssa = final_miou("quickstart", str(tmp_path / "ssa"))
-    baseline = final_miou("quickstart_baseline", str(tmp_path / "baseline"))
+@pytest.mark.parametrize("name", ["quickstart", "quickstart_upernet"])
+def test_quickstart_ssa_beats_its_baseline(tmp_path, name):
+    ssa = final_miou(name, str(tmp_path / "ssa"))
+    baseline = final_miou(f"{name}_baseline", str(tmp_path / "baseline"))
     assert ssa >= baseline + MARGIN, f"SSA {ssa:.2f} vs baseline {baseline:.2f} mIoU"

@@ -6,7 +6,7 @@ ROWS = (
     ("trainable params, training", "params_training", "{:,.0f}"),
     ("trainable params, inference", "params_inference", "{:,.0f}"),
     ("GFLOPs (conv+dense MACs, papers')", "gflops", "{:.3f}"),
-    ("GFLOPs (+ NMF/SSA matmuls, resizes)", "gflops_total", "{:.3f}"),
+    ("GFLOPs (+ attention/NMF/SSA products, resizes)", "gflops_total", "{:.3f}"),
     ("train step, median (ms)", "train_step_ms", "{:.1f}"),
     ("train images/s", "train_images_per_s", "{:.2f}"),
     ("peak train memory (GiB)", "peak_train_memory_bytes", "gib"),
