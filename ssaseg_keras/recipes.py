@@ -19,7 +19,7 @@ import yaml
 
 from ssaseg_keras.losses.ssa import LOSS_TERMS
 from ssaseg_keras.models.builder import MODEL_DEFAULTS, model_preset
-from ssaseg_keras.models.presets import PRESETS
+from ssaseg_keras.models.presets import LIBRARY_BACKBONE_TYPES, PRESETS
 from ssaseg_keras.ops.resize import RESIZE_METHODS
 from ssaseg_keras.training.evaluation import EVAL_MODES
 from ssaseg_keras.training.optimizer import DEFAULT_CUSTOM_KEYS
@@ -163,11 +163,11 @@ def validate_model(section):
     if pretrained is not None:
         if not isinstance(pretrained, str) or not pretrained:
             raise _fail("model.pretrained", f"must be a file path, got {pretrained!r}")
-        if preset["backbone"].get("type") == "keras_hub":
+        if preset["backbone"].get("type") in LIBRARY_BACKBONE_TYPES:
             raise _fail(
                 "model.pretrained",
-                "a keras_hub backbone loads its weights from its preset: set model.backbone.preset and "
-                "model.backbone.load_weights: true, and remove model.pretrained",
+                f"a {preset['backbone']['type']} backbone loads its weights from its preset: set "
+                "model.backbone.preset and model.backbone.load_weights: true, and remove model.pretrained",
             )
         # Whether the file exists is checked when training starts (`check_pretrained`): a recipe
         # names the reference's file, which a machine without it can still read, convert or test.

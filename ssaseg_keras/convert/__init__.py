@@ -1,6 +1,7 @@
 """Converters from the reference implementation's checkpoints (PyTorch, mmseg 0.30 layout)."""
 
 from ssaseg_keras.convert import ham_head as _ham_head_mappings  # noqa: F401  (registers mappings)
+from ssaseg_keras.convert import keras_cv_pyramid as _keras_cv_mappings  # noqa: F401
 from ssaseg_keras.convert import keras_hub_pyramid as _keras_hub_mappings  # noqa: F401
 from ssaseg_keras.convert import mscan as _mscan_mappings  # noqa: F401
 from ssaseg_keras.convert import segformer as _segformer_mappings  # noqa: F401

@@ -5,7 +5,12 @@ from __future__ import annotations
 import copy
 
 from ssaseg_keras.layers.ssa import SSAClassifier
-from ssaseg_keras.models.presets import BACKBONE_TYPES, KERAS_HUB_BACKBONE_KEYS, PRESETS
+from ssaseg_keras.models.presets import (
+    BACKBONE_TYPES,
+    KERAS_HUB_BACKBONE_KEYS,
+    LIBRARY_BACKBONE_TYPES,
+    PRESETS,
+)
 from ssaseg_keras.models.segmentor import PixelClassifier, Segmentor
 from ssaseg_keras.utils.errors import RecipeError
 from ssaseg_keras.utils.variables import count_parameters
@@ -43,14 +48,15 @@ def model_preset(config):
     if "type" in backbone and (not typed or backbone["type"] not in BACKBONE_TYPES):
         allowed = ", ".join(BACKBONE_TYPES) if typed else "none (only upernet takes model.backbone.type)"
         raise RecipeError(f"model.backbone.type: {backbone['type']!r} is not a {family} backbone; allowed: {allowed}.")
-    if backbone.get("type") == "keras_hub":
-        # UperNet over a keras-hub feature pyramid: the recipe names the whole backbone.
-        preset["backbone"] = {"type": "keras_hub"}
-        _check_overrides(backbone, KERAS_HUB_BACKBONE_KEYS, "model.backbone", "a keras_hub backbone")
+    if backbone.get("type") in LIBRARY_BACKBONE_TYPES:
+        # UperNet over a keras-hub / keras-cv feature pyramid: the recipe names the whole backbone.
+        kind = backbone["type"]
+        preset["backbone"] = {"type": kind}
+        _check_overrides(backbone, KERAS_HUB_BACKBONE_KEYS, "model.backbone", f"a {kind} backbone")
         if not backbone.get("preset") and not backbone.get("class_name"):
             raise RecipeError(
-                "model.backbone: a keras_hub backbone needs `preset` (a keras-hub preset name or a local "
-                "preset directory) or `class_name` (e.g. ResNetBackbone) with `arguments`."
+                f"model.backbone: a {kind} backbone needs `preset` (a {kind.replace('_', '-')} preset name "
+                "or a local preset directory) or `class_name` (e.g. ResNetBackbone) with `arguments`."
             )
     else:
         _check_overrides(backbone, preset["backbone"], "model.backbone", family)
@@ -81,14 +87,18 @@ def build_backbone(config, preset):
     """The backbone of `config` (family, drop_path, image_size, source, seed) with `preset` sizes."""
     args = dict(preset["backbone"])
     backbone_type = args.pop("type", None)
-    if backbone_type == "keras_hub":
-        from ssaseg_keras.models.backbones.keras_hub_pyramid import KerasHubBackbone
-
+    if backbone_type in LIBRARY_BACKBONE_TYPES:
         if config.get("drop_path") is not None:
             raise RecipeError(
-                "model.drop_path: a keras_hub backbone takes its own arguments; set the rate in "
+                f"model.drop_path: a {backbone_type} backbone takes its own arguments; set the rate in "
                 "model.backbone.arguments (if its class has one) and remove model.drop_path."
             )
+        if backbone_type == "keras_cv":
+            from ssaseg_keras.models.backbones.keras_cv_pyramid import KerasCVBackbone
+
+            return KerasCVBackbone(**args, name="backbone")
+        from ssaseg_keras.models.backbones.keras_hub_pyramid import KerasHubBackbone
+
         return KerasHubBackbone(**args, name="backbone")
     if config.get("drop_path") is not None:
         args["drop_path_rate"] = float(config["drop_path"])
@@ -153,8 +163,8 @@ def build_segmentor(model_config: dict, training: bool = True, loss_resize_metho
             with its training teacher, or the plain 1x1 baseline), `dropout`, `drop_path`,
             `ssa_loss_weights`, `source` (keras_cv | keras_hub, SegFormer only), `image_size`,
             `seed`, and `backbone`/`head`/`auxiliary_head` dicts overriding the size preset (e.g. a
-            tiny test model). UperNet: `backbone` may instead name a keras-hub feature-pyramid
-            backbone (`type: keras_hub` with `preset`, or `class_name` + `arguments`), and
+            tiny test model). UperNet: `backbone` may instead name a keras-hub / keras-cv feature-pyramid
+            backbone (`type: keras_hub` or `keras_cv` with `preset`, or `class_name` + `arguments`), and
             `auxiliary_head: false` leaves its FCN auxiliary head out.
             `pretrained` is not read here: training loads it after building
             (`ssaseg_keras.convert.load_pretrained_backbone`).

@@ -55,10 +55,12 @@ UPERNET_PRESETS = {
     "l": _swin(192, [2, 2, 18, 2], [6, 12, 24, 48]),
 }
 
-# `model.backbone` of an UperNet over a keras-hub feature-pyramid backbone (`type: keras_hub`):
-# a preset (name or local directory) or a class name + arguments (`KerasHubBackbone`'s arguments).
+# `model.backbone` of an UperNet over a keras-hub or keras-cv feature-pyramid backbone (`type: keras_hub`
+# or `keras_cv`): a preset (name or local directory) or a class name + arguments (`KerasHubBackbone`'s
+# / `KerasCVBackbone`'s arguments).
 KERAS_HUB_BACKBONE_KEYS = ("type", "preset", "class_name", "arguments", "load_weights", "levels", "image_shape")
-BACKBONE_TYPES = ("swin", "keras_hub")
+LIBRARY_BACKBONE_TYPES = ("keras_hub", "keras_cv")  # both take KERAS_HUB_BACKBONE_KEYS
+BACKBONE_TYPES = ("swin", *LIBRARY_BACKBONE_TYPES)
 
 PRESETS = {"segnext": SEGNEXT_PRESETS, "segformer": SEGFORMER_PRESETS, "upernet": UPERNET_PRESETS}
 FAMILIES = tuple(PRESETS)

@@ -21,16 +21,18 @@ keras-hub is imported only when a `KerasHubBackbone` is built.
 from __future__ import annotations
 
 import inspect
-import math
 
 import keras
 
 from ssaseg_keras.models.backbones.base import Backbone
+from ssaseg_keras.models.backbones.pyramid_common import (
+    check_image_shape,
+    is_open,
+    level_strides,
+    select_levels,
+)
 from ssaseg_keras.utils.errors import UserError
 
-STAGE_STRIDES = (4, 8, 16, 32)
-# Side of the probe image (any side the backbone leaves open) used to measure each level's stride.
-STRIDE_PROBE_SIDE = 512
 # Constructor keywords keras-hub backbones use for their input shape (EfficientNet: input_shape).
 SHAPE_KEYWORDS = ("image_shape", "input_shape")
 OFFLINE_HINT = (
@@ -75,11 +77,6 @@ def _shape_keyword(backbone_class):
     return next((key for key in SHAPE_KEYWORDS if key in parameters), None)
 
 
-def _is_open(image_shape):
-    """True for (None, None, C): the caller leaves the size to the backbone."""
-    return image_shape[0] is None and image_shape[1] is None
-
-
 def resolve_class(keras_hub, class_name):
     """The keras-hub backbone class named `class_name` ("ResNetBackbone" or "keras_hub.models.ResNetBackbone")."""
     short_name = str(class_name).rsplit(".", 1)[-1].removeprefix("keras_hub>")
@@ -99,7 +96,7 @@ def build_from_class(keras_hub, class_name, arguments, image_shape, dtype):
     backbone_class = resolve_class(keras_hub, class_name)
     arguments = dict(arguments or {})
     shape_keyword = _shape_keyword(backbone_class)
-    if shape_keyword and shape_keyword not in arguments and not _is_open(image_shape):
+    if shape_keyword and shape_keyword not in arguments and not is_open(image_shape):
         arguments[shape_keyword] = tuple(image_shape)
     if dtype is not None:
         arguments.setdefault("dtype", dtype)
@@ -143,7 +140,7 @@ def load_preset(keras_hub, preset, load_weights, image_shape, dtype):
     if backbone_class is not None:
         _check_pyramid_class(keras_hub, backbone_class, f"keras-hub preset {preset!r}")
         # keras-hub's preset loader forwards `image_shape` (and dtype) to the constructor, nothing else.
-        if _shape_keyword(backbone_class) == "image_shape" and not _is_open(image_shape):
+        if _shape_keyword(backbone_class) == "image_shape" and not is_open(image_shape):
             kwargs["image_shape"] = tuple(image_shape)
     if dtype is not None:
         kwargs["dtype"] = dtype
@@ -163,74 +160,6 @@ def deserialize_backbone(keras_hub, serialized):
         backbone = keras.saving.deserialize_keras_object(serialized)
     _check_pyramid_class(keras_hub, type(backbone), "model.backbone")
     return backbone
-
-
-def _nominal_stride(ratio):
-    """Input side / output side as a stride: the nearest power of two when within 10% (a "valid"
-    stem shaves a few pixels: 512 / 15 -> 32), else the nearest integer (a ViT's 14)."""
-    power = 2 ** round(math.log2(ratio))
-    return power if abs(ratio - power) <= 0.1 * power else round(ratio)
-
-
-def level_strides(backbone):
-    """{level: stride} of every pyramid output; stride None where it is not a square-stride NHWC map.
-
-    Measured symbolically (no compute) at the backbone's input size, or at `STRIDE_PROBE_SIDE` for a
-    side the backbone leaves open.
-    """
-    image = backbone.inputs[0]
-    probe_shape = (1,) + tuple(STRIDE_PROBE_SIDE if side is None else side for side in image.shape[1:3]) + (
-        image.shape[-1],
-    )
-    try:
-        shapes = keras.Model(image, backbone.pyramid_outputs).compute_output_spec(keras.KerasTensor(probe_shape))
-        shapes = {level: spec.shape for level, spec in shapes.items()}
-    except Exception:  # a backbone that cannot trace the probe size: fall back to static shapes
-        probe_shape = tuple(image.shape)
-        shapes = {level: tensor.shape for level, tensor in backbone.pyramid_outputs.items()}
-    strides = {}
-    for level, shape in shapes.items():
-        stride = None
-        if len(shape) == 4 and None not in (probe_shape[1], probe_shape[2], shape[1], shape[2]):
-            stride_h = _nominal_stride(probe_shape[1] / shape[1])
-            if stride_h == _nominal_stride(probe_shape[2] / shape[2]):
-                stride = stride_h
-        strides[level] = stride
-    return strides
-
-
-def describe_levels(strides):
-    described = (f"{level} ({f'stride {stride}' if stride else 'no image stride'})" for level, stride in strides.items())
-    return ", ".join(described)
-
-
-def select_levels(backbone, levels):
-    """The 4 level names to expose: `levels` checked, or the levels at strides 4, 8, 16, 32."""
-    strides = level_strides(backbone)
-    name = type(backbone).__name__
-    if levels is None:
-        by_stride = {stride: level for level, stride in strides.items() if stride is not None}
-        missing = [stride for stride in STAGE_STRIDES if stride not in by_stride]
-        if missing:
-            raise UserError(
-                f"model.backbone: {name} has no pyramid level at stride {', '.join(map(str, missing))}; "
-                f"its levels: {describe_levels(strides)}. A segmentation backbone needs strides 4, 8, 16, 32."
-            )
-        return [by_stride[stride] for stride in STAGE_STRIDES]
-    levels = [str(level) for level in levels]
-    unknown = [level for level in levels if level not in strides]
-    if len(levels) != 4 or unknown:
-        problem = f"unknown levels {', '.join(unknown)}" if unknown else f"{len(levels)} levels given"
-        raise UserError(
-            f"model.backbone.levels: {problem}; give 4 of {name}'s levels: {describe_levels(strides)}."
-        )
-    measured = tuple(strides[level] for level in levels)
-    if None not in measured and measured != STAGE_STRIDES:
-        raise UserError(
-            f"model.backbone.levels {levels} have strides {measured}, the stages need {STAGE_STRIDES}; "
-            f"{name}'s levels: {describe_levels(strides)}."
-        )
-    return levels
 
 
 @keras.saving.register_keras_serializable(package="ssaseg_keras")
@@ -286,16 +215,8 @@ class KerasHubBackbone(Backbone):
             backbone = build_from_class(keras_hub, class_name, arguments, image_shape, dtype)
 
         image = backbone.inputs[0]
-        input_shape = tuple(image.shape[1:])
-        fits = len(input_shape) == len(image_shape) and all(
-            wanted is None or wanted == actual for wanted, actual in zip(image_shape, input_shape)
-        )
-        if not fits:
-            raise UserError(
-                f"model.backbone.image_shape {image_shape} does not fit {type(backbone).__name__}'s input "
-                f"{input_shape}: give image_shape {input_shape} (or None for a side the backbone leaves open)."
-            )
-        selected = select_levels(backbone, levels)
+        check_image_shape(type(backbone).__name__, image.shape[1:], image_shape)
+        selected = select_levels(type(backbone).__name__, level_strides(image, backbone.pyramid_outputs), levels)
         outputs = [backbone.pyramid_outputs[level] for level in selected]
         super().__init__(inputs=image, outputs=outputs, dtype=dtype, **kwargs)
         # Not tracked as a sublayer: its layers are already this model's (tracking would add a
