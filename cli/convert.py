@@ -1,4 +1,4 @@
-"""`ssaseg-keras convert`: a reference (mmseg 0.30) checkpoint -> a `.keras` model file."""
+"""`ssaseg-keras convert`: a reference (mmseg) checkpoint -> a `.keras` model file and/or a preset directory."""
 
 from __future__ import annotations
 
@@ -24,20 +24,25 @@ def save_atomically(model, output):
 @click.command()
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--recipe", required=True, type=click.Path(dir_okay=False), help="Recipe YAML describing the model.")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help="Where to write MODEL.keras.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Where to write MODEL.keras.")
+@click.option("--preset-dir", type=click.Path(file_okay=False), help="Also (or instead) write a preset directory (ImageSegmenter.from_preset DIR).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe override, e.g. model.num_classes=171 (repeatable).")
 @click.option("--inference", is_flag=True, help="Save the inference model (SSA teacher left out).")
 @click.option("--no-strict", is_flag=True, help="Load what fits and only warn about names that do not.")
 @click.option("--backend", type=click.Choice(BACKENDS), help="Keras backend (default: KERAS_BACKEND).")
-def convert(checkpoint, recipe, output, overrides, inference, no_strict, backend):
-    """Load a reference CHECKPOINT.pth into the recipe's model and save it as a .keras file.
+def convert(checkpoint, recipe, output, preset_dir, overrides, inference, no_strict, backend):
+    """Load a reference CHECKPOINT.pth into the recipe's model; save it as a .keras file (--output)
+    and/or a preset directory (--preset-dir: keras-hub's layout, loads on any backend with
+    `ssaseg_keras.ImageSegmenter.from_preset(DIR)`).
 
     The checkpoint's `state_dict` must hold `backbone.*` and `decode_head.*` weights (mmseg 0.30
     layout). Loading is strict: unmapped or missing names and shape mismatches are listed by name.
     The file is read with torch.load(weights_only=True); PyTorch is needed for this command only.
     """
     use_backend(backend)
-    if not output.endswith(".keras"):
+    if not output and not preset_dir:
+        raise UserError("convert: give --output MODEL.keras, --preset-dir DIR, or both")
+    if output and not output.endswith(".keras"):
         raise UserError(f"--output {output!r}: the file name must end with .keras")
     from ssaseg_keras.convert import convert_checkpoint
     from ssaseg_keras.models import inference_model, model_summary_counts
@@ -46,9 +51,14 @@ def convert(checkpoint, recipe, output, overrides, inference, no_strict, backend
     click.echo(report.describe())
     if inference:
         model = inference_model(model)
-    save_atomically(model, output)
     counts = model_summary_counts(model)
-    click.echo(f"wrote {output} ({counts['trainable']:,} trainable parameters{', inference form' if inference else ''})")
+    form = ", inference form" if inference else ""
+    if output:
+        save_atomically(model, output)
+        click.echo(f"wrote {output} ({counts['trainable']:,} trainable parameters{form})")
+    if preset_dir:
+        model.save_to_preset(preset_dir)
+        click.echo(f"wrote preset {preset_dir} ({counts['trainable']:,} trainable parameters{form})")
 
 
 @click.command("upgrade-checkpoint")

@@ -78,7 +78,7 @@ def export(
     request_format,
     backend,
 ):
-    """Export CHECKPOINT (a checkpoint folder, a training work dir or a .keras file) for TF Serving.
+    """Export CHECKPOINT (a checkpoint folder, a training work dir, a preset directory or a .keras file) for TF Serving.
 
     Writes OUTPUT/<version>/ (a SavedModel, written atomically) whose `serving_default` signature takes
     `images` (batch, height, width, 3), any batch and size, RGB 0-255, and returns `labels` int32

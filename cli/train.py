@@ -21,8 +21,10 @@ set_option = click.option(
 
 
 def recipes_dir():
-    """The recipes folder: $SSASEG_RECIPES, ./recipes, or the one beside the installed package."""
-    candidates = [os.environ.get("SSASEG_RECIPES"), "recipes", pathlib.Path(__file__).resolve().parent.parent / "recipes"]
+    """The recipes folder: $SSASEG_RECIPES, ./recipes, or the one installed with the package."""
+    from ssaseg_keras.recipes import RECIPE_DIR
+
+    candidates = [os.environ.get("SSASEG_RECIPES"), "recipes", RECIPE_DIR]
     for candidate in candidates:
         if candidate and os.path.isdir(candidate):
             return pathlib.Path(candidate)
@@ -156,12 +158,14 @@ def evaluate(recipe, checkpoint, tta, json_path, max_images, backend, overrides)
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False), help="Folder for the predictions.")
 @click.option("--recipe", help="Recipe (needed for a .keras file: normalisation, eval scale and mode, classes).")
 @click.option("--logits", is_flag=True, help="Also save the logits as <image>_logits.npy (H, W, K) float32.")
+@click.option("--overlay", is_flag=True, help="Also write <image>_overlay.png: the colour map over the image, with a legend of the classes present.")
 @backend_option
-def predict(checkpoint, images, output, recipe, logits, backend):
+def predict(checkpoint, images, output, recipe, logits, overlay, backend):
     """Predict IMAGES (a file or a folder) with CHECKPOINT (checkpoint folder, work dir or .keras).
 
-    Writes <image>.png (class ids as a palette PNG), <image>_overlay.jpg (colours over the image)
-    and, with --logits, <image>_logits.npy, into --output.
+    Writes <image>.png (class ids as a palette PNG) and, with --overlay, <image>_overlay.png (the
+    colour map blended over the image, a legend of the classes present beside it) and, with
+    --logits, <image>_logits.npy, into --output.
     """
     use_backend(backend)
     from ssaseg_keras.data import dataset_info
@@ -182,12 +186,15 @@ def predict(checkpoint, images, output, recipe, logits, backend):
         )
     config = load_recipe(resolve_recipe_path(recipe)) if recipe else None
     model, config = load_trained_model(checkpoint, config)
-    palette = dataset_info(config["data"])["palette"]
+    info = dataset_info(config["data"])
     for path in files:
         image = read_image(path)
         labels, raw = predict_image(model, image, config, return_logits=True)
         stem = os.path.splitext(os.path.basename(path))[0]
-        save_prediction(labels, image, output, stem, palette, logits=raw if logits else None)
+        save_prediction(
+            labels, image, output, stem, info["palette"], logits=raw if logits else None,
+            class_names=info["class_names"] if overlay else None,
+        )  # fmt: skip
         click.echo(f"{path} -> {os.path.join(output, stem + '.png')}")
 
 

@@ -14,4 +14,21 @@ from ssaseg_keras.version import __version__
 from ssaseg_keras import convert, layers, losses, models  # noqa: E402  isort: skip
 from ssaseg_keras.training import optimizer as _optimizer  # noqa: E402,F401  isort: skip
 
-__all__ = ["__version__", "convert", "layers", "losses", "models"]
+from ssaseg_keras.models import (  # noqa: E402  isort: skip  (the Python API's entry points)
+    ImageConverter,
+    ImageSegmenter,
+    ImageSegmenterPreprocessor,
+    with_ssa,
+)
+
+__all__ = [
+    "ImageConverter",
+    "ImageSegmenter",
+    "ImageSegmenterPreprocessor",
+    "__version__",
+    "convert",
+    "layers",
+    "losses",
+    "models",
+    "with_ssa",
+]

@@ -370,15 +370,41 @@ def apply_overrides(recipe, overrides):
     return recipe
 
 
+RECIPE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "recipe_files")
+
+
+def packaged_recipe_names():
+    """Names of the recipes shipped with the package (the repository's recipes/ folder), sorted."""
+    if not os.path.isdir(RECIPE_DIR):
+        return []
+    return sorted(os.path.splitext(name)[0] for name in os.listdir(RECIPE_DIR) if name.endswith(".yaml"))
+
+
+def packaged_recipe_path(name):
+    """The file of the shipped recipe `name` (with or without .yaml), or None."""
+    name = os.fspath(name)
+    if os.sep in name or "/" in name:
+        return None
+    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    path = os.path.join(RECIPE_DIR, f"{stem}.yaml")
+    return path if os.path.isfile(path) else None
+
+
 def load_recipe(path, overrides=()):
-    """Read, override and validate a recipe YAML file; returns the nested dict.
+    """Read, override and validate a recipe YAML file (or a shipped recipe by name); returns the
+    nested dict.
 
     Raises:
         RecipeError naming the file or key at fault.
     """
     path = os.fspath(path)
+    if not os.path.isfile(path) and packaged_recipe_path(path) is not None:
+        path = packaged_recipe_path(path)  # a shipped recipe by name, e.g. "segnext_t_ade20k"
     if not os.path.isfile(path):
-        raise RecipeError(f"recipe {path!r} does not exist; see the recipes/ folder for examples")
+        raise RecipeError(
+            f"recipe {path!r} does not exist; give a YAML file or a shipped recipe name "
+            f"({', '.join(packaged_recipe_names()[:4])}, ...: `ssaseg-keras recipes` lists them)"
+        )
     try:
         with open(path, encoding="utf-8") as handle:
             raw = yaml.safe_load(handle)

@@ -218,10 +218,24 @@ def test_cli_convert_writes_a_loadable_keras_file(tmp_path, capsys):
         ops.convert_to_numpy(loaded.classifier.center_pos),
         read_torch_checkpoint(GOLDEN_PTH)["decode_head.center_pos.weight"],
     )
+    # A preset directory instead: the task (preprocessor included) loads with the same weights.
+    assert main(["convert", GOLDEN_PTH, "--recipe", str(recipe), "--preset-dir", str(tmp_path / "preset"), "--inference"]) == 0
+    assert "wrote preset" in capsys.readouterr().out
+    from ssaseg_keras.models import ImageSegmenter
+
+    task = ImageSegmenter.from_preset(str(tmp_path / "preset"))
+    assert not task.classifier.with_teacher and task.preprocessor.image_converter.std == [58.395, 57.12, 57.375]
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(task.classifier.center_pos),
+        read_torch_checkpoint(GOLDEN_PTH)["decode_head.center_pos.weight"],
+    )
     with pytest.raises(SystemExit) as info:
         main(["convert", GOLDEN_PTH, "--recipe", str(recipe), "--output", str(tmp_path / "x.h5")])
     assert info.value.code == 2
     assert "must end with .keras" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["convert", GOLDEN_PTH, "--recipe", str(recipe)])
+    assert "give --output MODEL.keras, --preset-dir DIR, or both" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["convert", GOLDEN_PTH, "--recipe", str(recipe), "--output", str(output), "--set", "model.num_classes=9", "--set", "data.num_classes=9"])
     assert "decode_head.conv_seg.weight" in capsys.readouterr().err

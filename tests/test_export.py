@@ -267,3 +267,24 @@ def test_segformer_exports_and_serves_any_size(tmp_path):
     source = resolve_source(path)
     logits = keras_logits(model, images, source.mean, source.std)
     assert (logits.argmax(-1) == labels).mean() >= 0.999
+
+
+@pytest.mark.skipif(BACKEND != "tensorflow", reason="backend: one backend is enough for the preset input (slow)")
+@pytest.mark.xdist_group("exported")
+def test_export_preset_directory_normalises_with_its_preprocessor(exported, tmp_path):
+    import tensorflow as tf
+
+    from ssaseg_keras.export.source import resolve_source
+    from ssaseg_keras.training.loading import load_trained_model
+
+    task, _ = load_trained_model(exported["work_dir"])
+    task.save_to_preset(tmp_path / "preset")
+    assert resolve_source(str(tmp_path / "preset")).normalization_from == "preprocessor"
+    output = str(tmp_path / "models")
+    code, out, err = run_main("export", str(tmp_path / "preset"), "--output", output)
+    assert code == 0, err
+    assert "(preset)" in out and "default mean" not in out
+    serve = tf.saved_model.load(os.path.join(output, "1")).signatures["serving_default"]
+    reference = tf.saved_model.load(os.path.join(exported["output"], "1")).signatures["serving_default"]
+    images = tf.constant(np.random.default_rng(3).integers(0, 256, (1, 40, 56, 3), dtype="uint8"))
+    np.testing.assert_array_equal(serve(images=images)["labels"].numpy(), reference(images=images)["labels"].numpy())

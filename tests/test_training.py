@@ -159,17 +159,24 @@ def test_fit_reports_every_term_the_loss_falls_and_evaluate_runs():
     labels[:, 8:14, 4:10] = 3
     labels[1, :4] = 255
     images[..., 0] += 2.0 * (labels == 1)
-    history = model.fit(images, labels, batch_size=2, epochs=8, verbose=0).history
+    converter = model.preprocessor.image_converter
+    raw = images * np.asarray(converter.std, "float32") + np.asarray(converter.mean, "float32")  # 0-255 RGB
+    # The task's `fit` takes raw images: its preprocessor normalises them back to `images`.
+    history = model.fit(raw, labels, batch_size=2, epochs=8, verbose=0).history
     for name in ("loss", *LOSS_TERMS):
         assert len(history[name]) == 8 and np.isfinite(history[name]).all(), name
     losses = history["loss"]
     assert losses[-1] < 0.8 * losses[0], losses
-    # `evaluate` runs the inference model: only `main_ce` is computed, so only it is reported.
-    result = model.evaluate(images, labels, verbose=0, return_dict=True)
+    # Keras' `evaluate` (the task's `evaluate_loss`, on preprocessed images) runs the inference
+    # model: only `main_ce` is computed, so only it is reported.
+    result = model.evaluate_loss(images, labels, verbose=0, return_dict=True)
     assert set(result) == {"loss", "main_ce"} and result["main_ce"] > 0 and result["loss"] == pytest.approx(result["main_ce"])
     assert model.test_on_batch(images, labels, return_dict=True).keys() == {"loss", "main_ce"}
+    # The task's `evaluate`: streaming mIoU of raw images, naming the mode; it learnt the two halves.
+    scores = model.evaluate(raw, labels)
+    assert scores["mode"] == "whole" and scores["num_images"] == 2 and scores["aAcc"] > 60, scores
     with pytest.raises(UserError, match="takes no sample_weight"):
-        model.fit(images, labels, sample_weight=np.ones((2, 32, 32), "float32"), epochs=1, verbose=0)
+        model.fit(raw, labels, sample_weight=np.ones((2, 32, 32), "float32"), epochs=1, verbose=0)
 
 
 @pytest.mark.slow
@@ -418,12 +425,13 @@ def test_checkpoint_resumes_evaluates_and_predicts_on_another_backend(tmp_path, 
     results = json.loads((tmp_path / "eval.json").read_text())
     assert results["mode"] == "whole" and results["num_images"] == 2 and 0 <= results["mIoU"] <= 100
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "a.png")
-    done = run_cli("predict", "wd", "a.png", "--output", "out", "--logits", cwd=tmp_path, backend=other)
+    done = run_cli("predict", "wd", "a.png", "--output", "out", "--logits", "--overlay", cwd=tmp_path, backend=other)
     assert done.returncode == 0, done.stderr[-2000:]
     labels = np.asarray(Image.open(tmp_path / "out" / "a.png"))
     assert labels.shape == (40, 56) and labels.max() < 5
     assert np.load(tmp_path / "out" / "a_logits.npy").shape == (40, 56, 5)
-    assert (tmp_path / "out" / "a_overlay.jpg").is_file()
+    overlay = np.asarray(Image.open(tmp_path / "out" / "a_overlay.png"))
+    assert overlay.shape[1] > 56 and overlay.shape[0] >= 40  # the image and its legend
 
 
 # ------------------------------------------------------------------ the CLI's user errors

@@ -63,7 +63,8 @@ def convert_checkpoint(path, recipe_or_model, strict=True, overrides=()):
 
     Args:
         path: the `.pth` file; its `state_dict` has `backbone.*` and `decode_head.*` keys.
-        recipe_or_model: a `Segmentor`, a recipe path, or a recipe dict (as `load_recipe` returns).
+        recipe_or_model: a `Segmentor`, a recipe path, or a recipe dict (as `load_recipe` returns);
+            a recipe gives its `ImageSegmenter` (with the recipe's preprocessor).
         strict: fail (listing every name) on unmapped/missing names and shape mismatches.
             `num_batches_tracked` and `*empty_weight` buffers are always skipped; a teacher-free
             model skips the checkpoint's teacher (`decode_head.gt_*`).
@@ -73,7 +74,7 @@ def convert_checkpoint(path, recipe_or_model, strict=True, overrides=()):
         (model, report): the loaded model and a `LoadReport` (`report.loaded` names; see
         `counts_by_part`).
     """
-    from ssaseg_keras.models import build_segmentor, has_auxiliary_heads, has_teacher
+    from ssaseg_keras.models import build_image_segmenter, has_auxiliary_heads, has_teacher
 
     if hasattr(recipe_or_model, "backbone") and hasattr(recipe_or_model, "classifier"):
         model = recipe_or_model
@@ -83,7 +84,7 @@ def convert_checkpoint(path, recipe_or_model, strict=True, overrides=()):
             from ssaseg_keras.recipes import load_recipe
 
             recipe = load_recipe(recipe, overrides=overrides)
-        model = build_segmentor(recipe["model"], loss_resize_method=recipe["train"]["loss_resize"])
+        model = build_image_segmenter(recipe)
     state = read_torch_checkpoint(path)
     if not any(key.startswith(MODEL_PREFIXES) for key in state):
         raise CheckpointError(

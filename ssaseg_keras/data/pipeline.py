@@ -153,7 +153,7 @@ def _tfds(config, split):
 
 def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=None, shuffle=None,
                   augment=None, drop_remainder=None, return_meta=False, pad_multiple=None,
-                  skip_batches=0, shard=None):  # fmt: skip
+                  skip_batches=0, shard=None, normalize=True):  # fmt: skip
     """The tf.data pipeline of a recipe's `data:` section.
 
     Args:
@@ -179,6 +179,8 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
             a global batch together are exactly the single-process batch. Eval: every
             `shards`-th image from `index`. `batch_size` is the per-shard batch; `skip_batches`
             counts global batches.
+        normalize: train only; False yields 0-255 images (padding filled with the mean colour) for
+            a model whose preprocessor normalises (`ImageSegmenter.fit`; the trainer).
         pad_multiple: eval only; pad each resized image (bottom/right, with 0) up to a multiple of
             this, so that compiled backends see few distinct shapes. Crop predictions back to
             meta["image_shape"] before resizing them to the label (use with return_meta=True).
@@ -197,6 +199,8 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
     drop_remainder = augment if drop_remainder is None else drop_remainder
     if return_meta and augment:
         raise ValueError("return_meta applies to eval pipelines (augment=False)")
+    if not normalize and not augment:
+        raise ValueError("normalize=False applies to training pipelines (augment=True)")
     if pad_multiple is not None and (augment or int(pad_multiple) < 1):
         raise ValueError("pad_multiple is a positive int for eval pipelines (augment=False)")
     parallel = (
@@ -281,7 +285,7 @@ def build_dataset(data_config, split="train", batch_size=8, seed=0, *, repeat=No
         @tf.autograph.experimental.do_not_convert  # plain graph code: nothing for AutoGraph to do
         def train_map(index, sample):
             element_seed = tf.stack([base, index])
-            return train_transform(sample[0], sample[1], element_seed, config)
+            return train_transform(sample[0], sample[1], element_seed, config, normalize_image=normalize)
 
         if not enumerated:  # decoded samples (cache, tfds): positions and shard after decoding
             ds = ds.enumerate(start=first_index)

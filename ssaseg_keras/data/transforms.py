@@ -193,21 +193,30 @@ def photometric_distortion(image, seed, brightness_delta=32, contrast_range=(0.5
     return image
 
 
-def pad_to(image, label, size):
-    """Pads bottom/right to `size` (h, w): image with 0, label with 255; sets static shapes."""
+def pad_to(image, label, size, fill=None):
+    """Pads bottom/right to `size` (h, w): image with 0 (or the per-channel `fill`), label with 255;
+    sets static shapes."""
     tf = import_tf()
     shape = tf.shape(label)
     pads = [[0, tf.maximum(size[0] - shape[0], 0)], [0, tf.maximum(size[1] - shape[1], 0)]]
-    image = tf.pad(image, pads + [[0, 0]], constant_values=0.0)
+    if fill is None:
+        image = tf.pad(image, pads + [[0, 0]], constant_values=0.0)
+    else:  # inside: the image; outside: exactly `fill` (no arithmetic on the pixels)
+        inside = tf.pad(tf.ones_like(image[..., :1], tf.bool), pads + [[0, 0]], constant_values=False)
+        image = tf.where(inside, tf.pad(image, pads + [[0, 0]]), tf.constant(fill, tf.float32))
     label = tf.pad(label, pads, constant_values=IGNORE_INDEX)
     image = tf.ensure_shape(image, [size[0], size[1], 3])
     label = tf.ensure_shape(label, [size[0], size[1]])
     return image, label
 
 
-def train_transform(image, label, seed, config):
+def train_transform(image, label, seed, config, normalize_image=True):
     """The reference training pipeline on one sample. image uint8/float (H, W, 3), label int32 (H, W)
-    (already reduced), seed (2,). Returns float32 (crop_h, crop_w, 3) normalised, int32 (crop_h, crop_w)."""
+    (already reduced), seed (2,). Returns float32 (crop_h, crop_w, 3) normalised, int32 (crop_h, crop_w).
+
+    `normalize_image=False` returns the 0-255 image for a model whose preprocessor normalises
+    (`ImageSegmenter.fit`): padding then holds the mean colour, so normalising afterwards gives
+    exactly what normalising first and padding with 0 gives (the reference's order)."""
     tf = import_tf()
     s = split_seed(seed, 4)
     image = tf.cast(image, tf.float32)
@@ -219,6 +228,8 @@ def train_transform(image, label, seed, config):
         image, label = random_flip(image, label, s[2], config["flip_prob"])
     if config["photometric"]:
         image = photometric_distortion(image, s[3])
+    if not normalize_image:
+        return pad_to(image, label, config["crop_size"], fill=[float(v) for v in config["mean"]])
     image = normalize(image, config["mean"], config["std"])
     return pad_to(image, label, config["crop_size"])
 

@@ -1,6 +1,8 @@
 """Segmentation models: backbones, decode heads and the segmentor that joins them to a classifier.
 
-`build_segmentor(model_config)` builds a model from a recipe's `model:` section.
+`build_segmentor(model_config)` builds the network of a recipe's `model:` section;
+`build_image_segmenter(recipe)` / `ImageSegmenter.from_preset(name)` the task around it (preprocessor,
+inference settings, presets); `with_ssa(keras_hub_segmenter)` puts SSA-Seg into a keras-hub segmenter.
 """
 
 # Importing the parts registers them as Keras-serializable, so `.keras` files load in a fresh process.
@@ -9,12 +11,14 @@ from ssaseg_keras.models.backbones.mit import (  # keras-cv/hub imported lazily
     MiTFeatures,
 )
 from ssaseg_keras.models.backbones.mscan import MSCANBackbone
-from ssaseg_keras.models.builder import build_segmentor, model_summary_counts
+from ssaseg_keras.models.builder import build_image_segmenter, build_segmentor, model_summary_counts
 from ssaseg_keras.models.heads.auxiliary import AuxiliaryHead
 from ssaseg_keras.models.heads.fcn_head import FCNHead
 from ssaseg_keras.models.heads.ham_head import LightHamHead
 from ssaseg_keras.models.heads.segformer_head import SegFormerHead
 from ssaseg_keras.models.heads.uper_head import UPerHead
+from ssaseg_keras.models.keras_hub_ssa import SelectFeature, with_ssa
+from ssaseg_keras.models.preprocessing import ImageConverter, ImageSegmenterPreprocessor
 from ssaseg_keras.models.presets import FAMILIES, PRESETS
 from ssaseg_keras.models.segmentor import (
     PixelClassifier,
@@ -23,11 +27,15 @@ from ssaseg_keras.models.segmentor import (
     has_teacher,
     inference_model,
 )
+from ssaseg_keras.models.task import ImageSegmenter
 
 __all__ = [
     "AuxiliaryHead",
     "FAMILIES",
     "FCNHead",
+    "ImageConverter",
+    "ImageSegmenter",
+    "ImageSegmenterPreprocessor",
     "LightHamHead",
     "MSCANBackbone",
     "MiTBackbone",
@@ -35,11 +43,14 @@ __all__ = [
     "PRESETS",
     "PixelClassifier",
     "SegFormerHead",
+    "SelectFeature",
     "Segmentor",
     "UPerHead",
+    "build_image_segmenter",
     "build_segmentor",
     "has_auxiliary_heads",
     "has_teacher",
     "inference_model",
     "model_summary_counts",
+    "with_ssa",
 ]

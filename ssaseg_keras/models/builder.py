@@ -202,6 +202,23 @@ def build_segmentor(model_config: dict, training: bool = True, loss_resize_metho
     return model
 
 
+def build_image_segmenter(recipe: dict, training: bool = True):
+    """The `ImageSegmenter` task of a validated recipe: the model of `model:` with the preprocessor of
+    `data:` (mean / std) and `eval:` (inference resize `eval.scale`, whole / slide), and the recipe
+    kept (`task.recipe`) for `save_to_preset`. The trainer, the CLI and `from_preset` build with it."""
+    from ssaseg_keras.models.preprocessing import ImageConverter, ImageSegmenterPreprocessor
+    from ssaseg_keras.models.task import ImageSegmenter
+
+    segmentor = build_segmentor(recipe["model"], training=training, loss_resize_method=recipe["train"]["loss_resize"])
+    data, evaluation = recipe["data"], recipe["eval"]
+    converter = ImageConverter(mean=data["mean"], std=data["std"], scale=evaluation["scale"], name="image_converter")
+    preprocessor = ImageSegmenterPreprocessor(converter, num_classes=segmentor.num_classes, name="preprocessor")
+    inference = {"mode": evaluation["mode"], "crop_size": evaluation["crop_size"], "stride": evaluation["stride"]}
+    task = ImageSegmenter.from_segmentor(segmentor, preprocessor=preprocessor, inference=inference)
+    object.__setattr__(task, "recipe", recipe)  # plain attribute: not tracked by Keras
+    return task
+
+
 def model_summary_counts(model):
     """{"trainable": n, "non_trainable": m} parameter counts of a built model."""
     return {

@@ -245,6 +245,10 @@ class Segmentor(keras.Model):
         with self._reporting_only(["main_ce"]):
             return super().test_on_batch(*args, **kwargs)
 
+    def task_kwargs(self):
+        """Constructor arguments a subclass adds (kept by `inference_model`)."""
+        return {}
+
     # ----------------------------------------------------------------- config
     def get_config(self):
         return {
@@ -292,7 +296,8 @@ def has_teacher(model):
 
 
 def inference_model(model):
-    """The deployed model: a new `Segmentor` without the teacher and the auxiliary heads (training-only
+    """The deployed model: a new model of the same class (`Segmentor`, `ImageSegmenter` with its
+    preprocessor) without the teacher and the auxiliary heads (training-only
     parts), with copies of every other weight.
 
     A model that has neither is returned unchanged. The result predicts exactly like `model` and its
@@ -306,14 +311,17 @@ def inference_model(model):
         classifier = SSAClassifier.from_config({**old_classifier.get_config(), "with_teacher": False})
     else:
         classifier = _copy_layer(old_classifier)
-    new = Segmentor(
+    new = type(model)(
         _copy_layer(model.backbone),
         _copy_layer(model.decode_head),
         classifier,
         loss_resize_method=model.loss_resize_method,
         ssa_loss_weights=model.ssa_loss_weights,
         name=model.name,
+        **model.task_kwargs(),
     )
+    if "recipe" in model.__dict__:
+        object.__setattr__(new, "recipe", model.__dict__["recipe"])
     new.build()
     copy_variables(model.backbone, new.backbone)
     copy_variables(model.decode_head, new.decode_head)
@@ -342,4 +350,6 @@ def copy_variables(source, target, allow_extra_source=False):
             f"missing {missing}, unexpected {extra}, shapes differ {mis_shaped}."
         )
     for key, variable in targets.items():
-        variable.assign(sources[key])
+        # A copy, not the source's buffer: JAX's compiled steps donate their state buffers, so a
+        # shared one would be deleted under the other model.
+        variable.assign(ops.copy(sources[key].value))

@@ -24,7 +24,7 @@ def load_trained_model(path, recipe=None, inference=False):
     """
     import keras
 
-    from ssaseg_keras.models import build_segmentor, inference_model
+    from ssaseg_keras.models import build_image_segmenter, inference_model
     from ssaseg_keras.training import checkpoint as ckpt
 
     path = os.fspath(path)
@@ -40,9 +40,7 @@ def load_trained_model(path, recipe=None, inference=False):
     else:
         checkpoint = ckpt.resolve_checkpoint(path)
         saved_recipe = ckpt.read_recipe(checkpoint)
-        model = build_segmentor(
-            saved_recipe["model"], training=True, loss_resize_method=saved_recipe["train"]["loss_resize"]
-        )
+        model = build_image_segmenter(saved_recipe, training=True)
         ckpt.restore_model(checkpoint, model)
         recipe = recipe or saved_recipe
     return (inference_model(model) if inference else model), recipe

@@ -37,16 +37,16 @@ def set_precision(precision):
 
 
 def build_training_model(recipe, load_pretrained=True):
-    """The compiled segmentor and its optimizer for a validated recipe.
+    """The compiled `ImageSegmenter` (the recipe's task, preprocessor included) and its optimizer.
 
     With `load_pretrained`, `model.pretrained` (backbone weights) is loaded and its report kept as
     `model.pretrained_report`. The optimizer's parameter groups are `model.optimizer.groups`. Under
     several devices, call it inside `DistributionPlan.scope()` (the trainer does).
     """
-    from ssaseg_keras.models import build_segmentor
+    from ssaseg_keras.models import build_image_segmenter
     from ssaseg_keras.training.optimizer import build_optimizer
 
-    model = build_segmentor(recipe["model"], training=True, loss_resize_method=recipe["train"]["loss_resize"])
+    model = build_image_segmenter(recipe, training=True)
     if load_pretrained and recipe["model"].get("pretrained"):
         from ssaseg_keras.convert import load_pretrained_backbone
 
@@ -294,9 +294,10 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True, devi
         return {"iteration": start, "best_miou": best, "eval_mode": eval_mode, "work_dir": work_dir}
 
     micro_per_update = cfg["accumulate_steps"]
+    # Raw (0-255) augmented crops: the task's preprocessor normalises them inside `fit`.
     train_ds = build_dataset(
         recipe["data"], "train", batch_size=plan.per_process_batch, seed=cfg["seed"],
-        skip_batches=start * micro_per_update, shard=plan.data_shard,
+        skip_batches=start * micro_per_update, shard=plan.data_shard, normalize=False,
     )  # fmt: skip
     evaluator = make_evaluator(recipe)
     logger = IterationLogger(
