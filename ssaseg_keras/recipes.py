@@ -32,16 +32,21 @@ SOURCES = ("keras_cv", "keras_hub")
 TRAIN_DEFAULTS = {
     "max_iters": 80000,
     "batch_size": 16,
+    # adamw (SegNeXt, SegFormer, UperNet-Swin: torch's AdamW, decoupled decay) or sgd (FCN, OCRNet:
+    # torch's SGD, momentum, decay added to the gradient); both with the warm-up + poly schedule.
+    "optimizer": "adamw",
     "lr": 6e-5,
     "weight_decay": 0.01,
-    "betas": [0.9, 0.999],
+    "betas": [0.9, 0.999],  # adamw only
+    "momentum": 0.9,  # sgd only
     "warmup_iters": 1500,
     "warmup_ratio": 1e-6,
     "poly_power": 1.0,
     "min_lr": 0.0,
     "head_lr_mult": None,  # the "head" custom key's lr_mult (10 in the default keys); null: the keys'
     # mmcv's paramwise_cfg.custom_keys: {substring of a reference parameter name: {lr_mult, decay_mult}};
-    # null: SegNeXt's / SegFormer's {pos_block: decay 0, norm: decay 0, head: lr x10}.
+    # null: SegNeXt's / SegFormer's {pos_block: decay 0, norm: decay 0, head: lr x10}; {}: none (every
+    # parameter at the base lr and decay, as mmcv without paramwise_cfg).
     "custom_keys": None,
     "eval_interval": 8000,
     "checkpoint_interval": 8000,
@@ -186,6 +191,7 @@ def check_pretrained(model_config):
         "segformer": "a local .weights.h5 file or a keras-cv preset name such as mit_b0_imagenet",
         "segnext": "the MSCAN ImageNet .pth (e.g. mscan_t.pth from the SegNeXt release)",
         "upernet": "the Swin ImageNet .pth the reference config names (official or mmseg layout)",
+        "fcn": "open-mmlab's ResNetV1c ImageNet .pth the reference config names (resnet101_v1c)",
     }
     raise _fail(
         "model.pretrained",
@@ -225,7 +231,15 @@ def validate_train(section):
     cfg["min_lr"] = _number(cfg["min_lr"], "train.min_lr", low=0.0)
     cfg["custom_keys"] = _custom_keys(cfg["custom_keys"])
     cfg["head_lr_mult"] = _number(cfg["head_lr_mult"], "train.head_lr_mult", low=0.0, low_open=True, allow_none=True)
-    keys = cfg["custom_keys"] or DEFAULT_CUSTOM_KEYS
+    cfg["optimizer"] = _choice(cfg["optimizer"], "train.optimizer", ("adamw", "sgd"))
+    for key, owner in (("betas", "adamw"), ("momentum", "sgd")):
+        if cfg["optimizer"] != owner:
+            if key in section:
+                raise _fail(f"train.{key}", f"applies to train.optimizer: {owner} only (this recipe uses {cfg['optimizer']}); remove it")
+            del cfg[key]  # the resolved recipe holds only the keys its optimizer reads
+    if cfg["optimizer"] == "sgd":
+        cfg["momentum"] = _number(cfg["momentum"], "train.momentum", 0.0, 0.999999)
+    keys = DEFAULT_CUSTOM_KEYS if cfg["custom_keys"] is None else cfg["custom_keys"]
     if cfg["head_lr_mult"] is None:
         cfg["head_lr_mult"] = keys["head"].get("lr_mult", 1.0) if "head" in keys else None
     elif "head" not in keys:
@@ -234,10 +248,11 @@ def validate_train(section):
             "sets the lr of the `head` custom key, but train.custom_keys has none: add "
             "`head: {lr_mult: ...}` to train.custom_keys or remove train.head_lr_mult",
         )
-    betas = cfg["betas"]
-    if not isinstance(betas, list | tuple) or len(betas) != 2:
-        raise _fail("train.betas", f"must be a list of 2 numbers in [0, 1), got {betas!r}")
-    cfg["betas"] = [_number(b, "train.betas", 0.0, 0.999999) for b in betas]
+    if cfg["optimizer"] == "adamw":
+        betas = cfg["betas"]
+        if not isinstance(betas, list | tuple) or len(betas) != 2:
+            raise _fail("train.betas", f"must be a list of 2 numbers in [0, 1), got {betas!r}")
+        cfg["betas"] = [_number(b, "train.betas", 0.0, 0.999999) for b in betas]
     cfg["precision"] = _choice(cfg["precision"], "train.precision", PRECISIONS)
     cfg["loss_resize"] = _choice(cfg["loss_resize"], "train.loss_resize", RESIZE_METHODS)
     devices = cfg["devices"]
@@ -258,10 +273,10 @@ def validate_train(section):
 
 
 def _custom_keys(keys):
-    """train.custom_keys validated: {str: {"lr_mult": x, "decay_mult": y}} or None."""
+    """train.custom_keys validated: {str: {"lr_mult": x, "decay_mult": y}} ({} for none) or None."""
     if keys is None:
         return None
-    if not isinstance(keys, dict) or not keys:
+    if not isinstance(keys, dict):
         raise _fail("train.custom_keys", f"must be a mapping of name substring to {{lr_mult, decay_mult}}, got {keys!r}")
     out = {}
     for key, multipliers in keys.items():

@@ -103,7 +103,8 @@ def test_defaults_and_num_classes_from_data(tmp_path):
     assert recipe["name"] == "my_run"
     assert recipe["model"]["num_classes"] == 150  # taken from the ADE20K data source
     # The defaults, with the head lr multiplier resolved from the default custom keys (x10).
-    assert recipe["train"] == {**TRAIN_DEFAULTS, "head_lr_mult": 10.0}
+    expected = {k: v for k, v in TRAIN_DEFAULTS.items() if k != "momentum"}  # adamw: no sgd key
+    assert recipe["train"] == {**expected, "head_lr_mult": 10.0}
     assert recipe["model"]["ssa"] is True and recipe["model"]["dropout"] == 0.1
 
 
@@ -125,7 +126,7 @@ def test_overrides_are_yaml_values(tmp_path):
     "override, fragment",
     [
         ("model.famly=segnext", "model.famly: unknown key; allowed keys of `model`: auxiliary_head, backbone"),
-        ("model.family=unet", "model.family: must be one of segnext, segformer, upernet, got 'unet'"),
+        ("model.family=unet", "model.family: must be one of segnext, segformer, upernet, fcn, got 'unet'"),
         ("model.size=xl", "model.size: must be one of t, s, b, l"),
         ("model.ssa=maybe", "model.ssa: must be true or false"),
         ("model.num_classes=150.5", "model.num_classes: must be an integer"),

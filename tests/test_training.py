@@ -20,7 +20,12 @@ from models_helpers import TINY_BACKBONE, TINY_HEAD
 
 from ssaseg_keras.recipes import validate_recipe
 from ssaseg_keras.training import checkpoint as ckpt
-from ssaseg_keras.training.optimizer import GroupedAdamW, WarmupPolyDecay, parameter_groups
+from ssaseg_keras.training.optimizer import (
+    GroupedAdamW,
+    GroupedSGD,
+    WarmupPolyDecay,
+    parameter_groups,
+)
 from ssaseg_keras.training.trainer import build_training_model, train
 from ssaseg_keras.utils.errors import CheckpointError, UserError
 
@@ -119,6 +124,52 @@ def test_grouped_adamw_matches_torch_adamw_with_param_groups():
     # Keras adds epsilon to sqrt(v) before bias correction, torch after: a difference of order eps.
     for ours, theirs in zip(variables, params):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), theirs.detach().numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_sgd_matches_torch_sgd_under_the_poly_schedule():
+    """torch's SGD (momentum, coupled L2 decay) with mmcv's group multipliers, the learning rate
+    changing every step as mmseg's PolyLR(power 0.9, eta_min 1e-4) changes it."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    init = [rng.normal(size=(3, 4)).astype("float32") for _ in range(3)]
+    grads = [[rng.normal(size=(3, 4)).astype("float32") for _ in range(3)] for _ in range(4)]
+    mults = [(1.0, 1.0), (10.0, 1.0), (1.0, 0.0)]
+    schedule = WarmupPolyDecay(base_lr=0.01, max_iters=5, power=0.9, min_lr=1e-4)
+
+    variables = [keras.Variable(v, name=f"w{i}") for i, v in enumerate(init)]
+    optimizer = GroupedSGD(
+        groups={v.path: m for v, m in zip(variables, mults)}, learning_rate=schedule, momentum=0.9, weight_decay=5e-4
+    )
+    for step in grads:
+        optimizer.apply([keras.ops.convert_to_tensor(g) for g in step], variables)
+
+    params = [torch.nn.Parameter(torch.tensor(v)) for v in init]
+    reference = torch.optim.SGD(
+        [{"params": [p], "lr": 0.01 * m[0], "weight_decay": 5e-4 * m[1]} for p, m in zip(params, mults)],
+        momentum=0.9,
+    )
+    for index, step in enumerate(grads):
+        lr = float(keras.ops.convert_to_numpy(schedule(index)))
+        assert lr == pytest.approx((0.01 - 1e-4) * (1 - index / 5) ** 0.9 + 1e-4, rel=1e-6)
+        for group, m in zip(reference.param_groups, mults):
+            group["lr"] = lr * m[0]
+        for p, g in zip(params, step):
+            p.grad = torch.tensor(g)
+        reference.step()
+    for ours, theirs in zip(variables, params):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), theirs.detach().numpy(), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(keras.ops.convert_to_numpy(variables[1]), init[1])  # it moved
+
+
+def test_an_sgd_recipe_builds_grouped_sgd_without_custom_keys():
+    recipe = tiny_recipe(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, custom_keys={}, warmup_iters=0)
+    model = build_training_model(recipe, load_pretrained=False)
+    optimizer = model.optimizer
+    assert isinstance(optimizer, GroupedSGD) and optimizer.momentum == 0.9 and optimizer.coupled_weight_decay == 5e-4
+    assert set(optimizer.groups.values()) == {(1.0, 1.0)}  # mmcv without paramwise_cfg: every parameter alike
+    with pytest.raises(UserError, match="train.momentum: applies to train.optimizer: sgd only"):
+        tiny_recipe(momentum=0.9)
 
 
 def test_grouped_adamw_updates_a_group_at_once_on_torch(monkeypatch):

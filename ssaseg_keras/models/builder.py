@@ -100,6 +100,12 @@ def build_backbone(config, preset):
         from ssaseg_keras.models.backbones.keras_hub_pyramid import KerasHubBackbone
 
         return KerasHubBackbone(**args, name="backbone")
+    if config["family"] == "fcn":
+        from ssaseg_keras.models.backbones.resnet import ResNetV1cBackbone
+
+        if config.get("drop_path") is not None:
+            raise RecipeError("model.drop_path: ResNetV1c has no drop-path; remove the key")
+        return ResNetV1cBackbone(**args, name="backbone")
     if config.get("drop_path") is not None:
         args["drop_path_rate"] = float(config["drop_path"])
     if config["family"] == "segnext":
@@ -134,6 +140,10 @@ def build_decode_head(config, preset):
         from ssaseg_keras.models.heads.uper_head import UPerHead
 
         return UPerHead(**args, name="decode_head")
+    if config["family"] == "fcn":
+        from ssaseg_keras.models.heads.fcn_head import FCNHead
+
+        return FCNHead(**args, name="decode_head")
     from ssaseg_keras.models.heads.segformer_head import SegFormerHead
 
     return SegFormerHead(**args, name="decode_head")
@@ -159,7 +169,7 @@ def build_segmentor(model_config: dict, training: bool = True, loss_resize_metho
 
     Args:
         model_config: keys of `MODEL_DEFAULTS` (missing ones take those defaults): `family`
-            (segnext | segformer | upernet), `size` (t/s/b/l | b0..b5 | t/b/l), `num_classes`, `ssa` (SSA classifier
+            (segnext | segformer | upernet | fcn), `size` (t/s/b/l | b0..b5 | t/b/l | r50/r101), `num_classes`, `ssa` (SSA classifier
             with its training teacher, or the plain 1x1 baseline), `dropout`, `drop_path`,
             `ssa_loss_weights`, `source` (keras_cv | keras_hub, SegFormer only), `image_size`,
             `seed`, and `backbone`/`head`/`auxiliary_head` dicts overriding the size preset (e.g. a

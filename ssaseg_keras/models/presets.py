@@ -2,7 +2,8 @@
 
 SegNeXt (MSCAN + LightHamHead) follows the SegNeXt paper / mmseg configs; SegFormer (MiT + all-MLP
 head) the SegFormer paper; UperNet (Swin + UPerHead + an FCN auxiliary head) mmseg's / the SSA-Seg
-reference's `upernet_swin` configs. `build_segmentor` (ssaseg_keras.models) reads these tables.
+reference's `upernet_swin` configs; FCN (ResNetV1c-D8 + FCNHead + the FCN auxiliary head) mmseg's
+`fcn_r*-d8` configs. `build_segmentor` (ssaseg_keras.models) reads these tables.
 """
 
 from __future__ import annotations
@@ -55,6 +56,23 @@ UPERNET_PRESETS = {
     "l": _swin(192, [2, 2, 18, 2], [6, 12, 24, 48]),
 }
 
+# FCN (mmseg's `fcn_r50-d8` / `fcn_r101-d8` configs, the SSA-Seg reference's FCN rows): ResNetV1c with
+# strides 1,2,1,1 and dilations 1,1,2,4 (stages at strides 4, 8, 8, 8), FCNHead on stage 4 (2 convs of
+# 512, concat_input), the same FCN auxiliary head on stage 3 (in_channels 1024).
+FCN_HEAD = {"channels": 512, "num_convs": 2, "kernel_size": 3, "concat_input": True, "in_index": 3}
+
+
+def _resnet_d8(depth):
+    return {
+        "backbone": {"depth": depth, "depths": None, "stem_channels": 64, "base_channels": 64,
+                     "strides": [1, 2, 1, 1], "dilations": [1, 1, 2, 4], "contract_dilation": True},
+        "head": dict(FCN_HEAD),
+        "auxiliary_head": dict(UPERNET_AUXILIARY_HEAD),
+    }  # fmt: skip
+
+
+FCN_PRESETS = {"r50": _resnet_d8(50), "r101": _resnet_d8(101)}
+
 # `model.backbone` of an UperNet over a keras-hub or keras-cv feature-pyramid backbone (`type: keras_hub`
 # or `keras_cv`): a preset (name or local directory) or a class name + arguments (`KerasHubBackbone`'s
 # / `KerasCVBackbone`'s arguments).
@@ -62,7 +80,7 @@ KERAS_HUB_BACKBONE_KEYS = ("type", "preset", "class_name", "arguments", "load_we
 LIBRARY_BACKBONE_TYPES = ("keras_hub", "keras_cv")  # both take KERAS_HUB_BACKBONE_KEYS
 BACKBONE_TYPES = ("swin", *LIBRARY_BACKBONE_TYPES)
 
-PRESETS = {"segnext": SEGNEXT_PRESETS, "segformer": SEGFORMER_PRESETS, "upernet": UPERNET_PRESETS}
+PRESETS = {"segnext": SEGNEXT_PRESETS, "segformer": SEGFORMER_PRESETS, "upernet": UPERNET_PRESETS, "fcn": FCN_PRESETS}
 FAMILIES = tuple(PRESETS)
 
 

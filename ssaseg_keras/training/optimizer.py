@@ -1,4 +1,5 @@
-"""The reference's optimizer: AdamW with mmcv parameter groups, and its warm-up + poly schedule.
+"""The reference's optimizers: AdamW (or SGD, for the CNN recipes) with mmcv parameter groups, and the
+warm-up + poly schedule.
 
 Parameter groups follow mmcv's `paramwise_cfg.custom_keys` exactly, applied to each weight's
 *reference* name (e.g. `backbone.block1.0.norm1.weight`, `decode_head.conv_seg.weight`), so the
@@ -62,7 +63,7 @@ def reference_names(model):
 
 def multipliers_of(name, custom_keys=None):
     """mmcv's (lr_mult, decay_mult) for one reference parameter name under `custom_keys`."""
-    keys = custom_keys or DEFAULT_CUSTOM_KEYS
+    keys = DEFAULT_CUSTOM_KEYS if custom_keys is None else custom_keys
     for key in sorted(sorted(keys), key=len, reverse=True):
         if key in name:
             return float(keys[key].get("lr_mult", 1.0)), float(keys[key].get("decay_mult", 1.0))
@@ -74,10 +75,10 @@ def parameter_groups(model, custom_keys=None, head_lr_mult=None):
 
     Args:
         model: a built model with a registered reference mapping (every `build_segmentor` model).
-        custom_keys: {substring: {"lr_mult": x, "decay_mult": y}}; default `DEFAULT_CUSTOM_KEYS`.
+        custom_keys: {substring: {"lr_mult": x, "decay_mult": y}}; None: `DEFAULT_CUSTOM_KEYS`; {}: none.
         head_lr_mult: overrides the "head" key's lr_mult (the recipe's `train.head_lr_mult`).
     """
-    keys = {k: dict(v) for k, v in (custom_keys or DEFAULT_CUSTOM_KEYS).items()}
+    keys = {k: dict(v) for k, v in (DEFAULT_CUSTOM_KEYS if custom_keys is None else custom_keys).items()}
     if head_lr_mult is not None and "head" in keys:
         keys["head"]["lr_mult"] = float(head_lr_mult)
     names = reference_names(model)
@@ -227,8 +228,66 @@ class GroupedAdamW(_backend_adamw()):
         return {**super().get_config(), "groups": {k: list(v) for k, v in self.groups.items()}}
 
 
+@keras.saving.register_keras_serializable(package="ssaseg_keras")
+class GroupedSGD(keras.optimizers.Optimizer):
+    """torch's SGD (momentum, dampening 0, not Nesterov, L2 weight decay added to the gradient) with
+    mmcv's per-variable learning-rate and weight-decay multipliers: for each variable
+
+        g = grad + weight_decay * decay_mult * p;   b = momentum * b + g;   p -= lr * lr_mult * b
+
+    (Keras' SGD folds the learning rate into its velocity, which differs from torch's once the rate
+    changes, as the poly schedule does every step.)
+
+    Args:
+        groups: {variable.path: (lr_mult, decay_mult)} (see `parameter_groups`).
+        momentum: torch's momentum.
+        weight_decay: torch's (coupled) weight decay.
+        **kwargs: keras.optimizers.Optimizer's arguments (learning_rate, global_clipnorm, ...).
+    """
+
+    def __init__(self, groups=None, momentum=0.9, weight_decay=0.0, name="grouped_sgd", **kwargs):
+        super().__init__(name=name, **kwargs)
+        self.groups = {str(k): (float(v[0]), float(v[1])) for k, v in (groups or {}).items()}
+        self.momentum = float(momentum)
+        self.coupled_weight_decay = float(weight_decay)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        if self.groups:
+            ungrouped = [v.path for v in variables if v.path not in self.groups]
+            if ungrouped:
+                raise ValueError(
+                    f"GroupedSGD: {len(ungrouped)} variables have no group ({', '.join(ungrouped[:5])}); "
+                    "make the groups with parameter_groups(model) for the model being trained"
+                )
+        self._multipliers = [self.groups.get(v.path, (1.0, 1.0)) for v in variables]
+        self.momentums = [self.add_variable_from_reference(v, "momentum") for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        lr_mult, decay_mult = self._multipliers[index]
+        gradient = ops.cast(gradient, variable.dtype)
+        decay = self.coupled_weight_decay * decay_mult
+        if decay:
+            gradient = ops.add(gradient, ops.multiply(variable, decay))
+        buffer = self.momentums[index]
+        self.assign(buffer, ops.add(ops.multiply(buffer, self.momentum), gradient))
+        self.assign_sub(variable, ops.multiply(buffer, ops.cast(learning_rate, variable.dtype) * lr_mult))
+
+    def get_config(self):
+        return {
+            **super().get_config(),
+            "groups": {k: list(v) for k, v in self.groups.items()},
+            "momentum": self.momentum,
+            "weight_decay": self.coupled_weight_decay,
+        }
+
+
 def build_optimizer(model, train_config):
-    """The recipe's optimizer for `model`: GroupedAdamW with the warm-up + poly schedule.
+    """The recipe's optimizer for `model` (`train.optimizer`): GroupedAdamW or GroupedSGD, with the
+    warm-up + poly schedule and mmcv's parameter groups.
 
     Args:
         model: the built segmentor.
@@ -250,10 +309,19 @@ def build_optimizer(model, train_config):
         kwargs["global_clipnorm"] = float(train_config["clip_grad_norm"])
     if accumulate > 1:
         kwargs["gradient_accumulation_steps"] = accumulate
+    groups = parameter_groups(
+        model, custom_keys=train_config.get("custom_keys"), head_lr_mult=train_config.get("head_lr_mult")
+    )
+    if train_config.get("optimizer", "adamw") == "sgd":
+        return GroupedSGD(
+            groups=groups,
+            learning_rate=schedule,
+            momentum=float(train_config.get("momentum", 0.9)),
+            weight_decay=float(train_config.get("weight_decay", 0.0)),
+            **kwargs,
+        )
     return GroupedAdamW(
-        groups=parameter_groups(
-            model, custom_keys=train_config.get("custom_keys"), head_lr_mult=train_config.get("head_lr_mult")
-        ),
+        groups=groups,
         learning_rate=schedule,
         beta_1=float(betas[0]),
         beta_2=float(betas[1]),
