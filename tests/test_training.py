@@ -223,9 +223,6 @@ def test_fit_reports_every_term_the_loss_falls_and_evaluate_runs():
     result = model.evaluate_loss(images, labels, verbose=0, return_dict=True)
     assert set(result) == {"loss", "main_ce"} and result["main_ce"] > 0 and result["loss"] == pytest.approx(result["main_ce"])
     assert model.test_on_batch(images, labels, return_dict=True).keys() == {"loss", "main_ce"}
-    # The task's `evaluate`: streaming mIoU of raw images, naming the mode; it learnt the two halves.
-    scores = model.evaluate(raw, labels)
-    assert scores["mode"] == "whole" and scores["num_images"] == 2 and scores["aAcc"] > 60, scores
     with pytest.raises(UserError, match="takes no sample_weight"):
         model.fit(raw, labels, sample_weight=np.ones((2, 32, 32), "float32"), epochs=1, verbose=0)
 
