@@ -98,10 +98,9 @@ def test_tiny_upernet_swin_ssa_trains_exports_and_continues_on_another_backend(t
 
 
 @pytest.mark.slow
-def test_tiny_upernet_over_a_keras_hub_resnet_trains_and_exports(tmp_path):
+def test_tiny_upernet_over_a_keras_hub_resnet_trains_and_evaluates(tmp_path):
     pytest.importorskip("keras_hub", reason="backend: keras-hub is not installed in this environment")
     recipe = recipe_of(keras_hub_upernet(ssa=True))
     work_dir = tmp_path / "wd"
     summary = train(recipe, str(work_dir), echo=quiet, load_pretrained=False)
-    check_run(work_dir, summary, ssa=True)
-    export_and_check(tmp_path, work_dir)
+    check_run(work_dir, summary, ssa=True)  # (export: the same code as the Swin run's, tested there)
