@@ -11,12 +11,10 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import DATA_DIR, nchw_to_nhwc, to_numpy
-from keras import ops
+from conftest import DATA_DIR
+from models_helpers import assert_matches_mmseg, load_mmseg_state
 
-from ssaseg_keras.convert import load_reference_weights
 from ssaseg_keras.models import build_segmentor, inference_model
-from ssaseg_keras.ops.resize import resize_bilinear
 from ssaseg_keras.utils.variables import count_parameters
 
 
@@ -38,28 +36,10 @@ def reference():
     return dict(np.load(DATA_DIR / "fcn_resnet_mmseg.npz"))
 
 
-def _close(got, expected):
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
-
-
 def test_whole_fcn_resnet_d8_reproduces_mmseg(reference):
-    model = build_segmentor(tiny_fcn())
-    state = {k[len("state/") :]: v for k, v in reference.items() if k.startswith("state/")}
-    report = load_reference_weights(model, state)  # strict: every name used, every variable set
-    assert {name.split(".", 1)[0] for name in report.loaded} == {"backbone", "decode_head", "auxiliary_head"}
-    assert report.num_loaded == len(state)
-    images = ops.convert_to_tensor(nchw_to_nhwc(reference["input/images_nchw"]))
-    stages = model.backbone(images, training=False)
-    assert [tuple(s.shape) for s in stages] == [(2, 18, 26, 32), (2, 9, 13, 64), (2, 9, 13, 128), (2, 9, 13, 256)]
-    for index, stage in enumerate(stages):
-        _close(to_numpy(stage), nchw_to_nhwc(reference[f"out/stage{index + 1}_nchw"]))
-    features = model.decode_head(stages, training=False)
-    _close(to_numpy(features), nchw_to_nhwc(reference["out/decode_features_nchw"]))
-    logits = to_numpy(model.classifier(features, training=False))
-    _close(logits, nchw_to_nhwc(reference["out/decode_logits_nchw"]))
-    _close(to_numpy(model.auxiliary_heads[0](stages, training=False)), nchw_to_nhwc(reference["out/aux_logits_nchw"]))
-    predicted = to_numpy(model(images, training=False))
-    _close(predicted, to_numpy(resize_bilinear(ops.convert_to_tensor(logits), (72, 104), align_corners=False)))
+    model = load_mmseg_state(build_segmentor(tiny_fcn()), reference)
+    outputs = assert_matches_mmseg(model, reference)  # stages, head features, logits, aux, inference
+    assert [s.shape for s in outputs["stages"]] == [(2, 18, 26, 32), (2, 9, 13, 64), (2, 9, 13, 128), (2, 9, 13, 256)]
 
 
 # (baseline, SSA "inference" with the auxiliary head, SSA training): mmseg's own models (the issue).
@@ -102,26 +82,14 @@ def test_tiny_fcn_ssa_trains_with_sgd_exports_resumes_and_evaluates(tmp_path):
     """The recipe path end to end: SGD (coupled decay, no parameter groups), the auxiliary loss, export,
     a resume (optimizer momentum restored by name) and an evaluation (the cross-backend resume is the
     UperNet end-to-end test's)."""
-    from test_upernet_training import check_run, export_and_check
+    from test_upernet_training import check_run, export_and_check, recipe_of
 
-    from ssaseg_keras.recipes import validate_recipe
     from ssaseg_keras.training.trainer import train
 
     model = {**tiny_fcn(ssa=True), "backbone": {"depths": [1, 1, 1, 1], "stem_channels": 16, "base_channels": 8}}
-    recipe = validate_recipe(
-        {
-            "name": "tiny_fcn",
-            "model": model,
-            "data": {
-                "source": "synthetic", "num_classes": 5, "image_size": [64, 64], "crop_size": [64, 64],
-                "num_images": 8, "num_val_images": 2,
-            },
-            "train": {
-                "max_iters": 2, "batch_size": 2, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9,
-                "weight_decay": 5e-4, "custom_keys": {}, "warmup_iters": 0, "poly_power": 0.9, "min_lr": 1e-4,
-                "log_interval": 1, "eval_interval": 2, "checkpoint_interval": 2,
-            },
-        }
+    recipe = recipe_of(
+        model, name="tiny_fcn", optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=5e-4, custom_keys={},
+        warmup_iters=0, poly_power=0.9, min_lr=1e-4,
     )  # fmt: skip
     work_dir = tmp_path / "wd"
     lines = []

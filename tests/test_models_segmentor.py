@@ -162,7 +162,7 @@ UPERNET_SWIN = {
     "head": {"channels": 32}, "auxiliary_head": {"channels": 16},
 }  # fmt: skip
 UPERNET_KERAS_HUB = {
-    "family": "upernet", "size": "t", "num_classes": 7, "ssa": True, "seed": 3,
+    "family": "upernet", "size": "t", "num_classes": 7, "ssa": True,
     "backbone": {"type": "keras_hub", "class_name": "ResNetBackbone", "arguments": {
         "input_conv_filters": [64], "input_conv_kernel_sizes": [7], "stackwise_num_filters": [64, 8, 16, 16],
         "stackwise_num_blocks": [1, 1, 1, 1], "stackwise_num_strides": [1, 2, 2, 2],

@@ -13,9 +13,8 @@ import keras
 import numpy as np
 import pytest
 from conftest import DATA_DIR, nchw_to_nhwc, to_numpy
-from keras import ops
+from models_helpers import assert_matches_mmseg, load_mmseg_state
 
-from ssaseg_keras.convert import load_reference_weights
 from ssaseg_keras.models import build_segmentor, inference_model
 from ssaseg_keras.ops.resize import resize_bilinear
 from ssaseg_keras.training.optimizer import parameter_groups
@@ -52,34 +51,12 @@ def reference():
 @pytest.fixture(scope="module")
 def mmseg_model(reference):
     """The tiny baseline UperNet with mmseg's whole state dict loaded strictly."""
-    model = build_segmentor(tiny_upernet(ssa=False))
-    state = {k[len("state/") :]: v for k, v in reference.items() if k.startswith("state/")}
-    report = load_reference_weights(model, state)
-    parts = {name.split(".", 1)[0] for name in report.loaded}
-    assert parts == {"backbone", "decode_head", "auxiliary_head"}
-    assert report.num_loaded == len(state)
-    return model
-
-
-def _close(got, expected):
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    return load_mmseg_state(build_segmentor(tiny_upernet(ssa=False)), reference)
 
 
 def test_whole_upernet_swin_reproduces_mmseg(reference, mmseg_model):
-    images = ops.convert_to_tensor(nchw_to_nhwc(reference["input/images_nchw"]))
-    stages = mmseg_model.backbone(images, training=False)
-    for index, stage in enumerate(stages):
-        _close(to_numpy(stage), nchw_to_nhwc(reference[f"out/stage{index + 1}_nchw"]))
-    features = mmseg_model.decode_head(stages, training=False)
-    _close(to_numpy(features), nchw_to_nhwc(reference["out/decode_features_nchw"]))
-    logits = to_numpy(mmseg_model.classifier(features, training=False))
-    _close(logits, nchw_to_nhwc(reference["out/decode_logits_nchw"]))
-    aux_logits = to_numpy(mmseg_model.auxiliary_heads[0](stages, training=False))
-    assert aux_logits.shape == (2, 10, 14, 5)  # stage 3 of 160x224
-    _close(aux_logits, nchw_to_nhwc(reference["out/aux_logits_nchw"]))
-    # Inference: the decode logits, half-pixel upsampled to the image; the auxiliary head unused.
-    predicted = to_numpy(mmseg_model(images, training=False))
-    _close(predicted, to_numpy(resize_bilinear(ops.convert_to_tensor(logits), (160, 224), align_corners=False)))
+    outputs = assert_matches_mmseg(mmseg_model, reference)  # stages, head features, logits, aux, inference
+    assert outputs["aux_logits"].shape == (2, 10, 14, 5)  # stage 3 of 160x224
 
 
 def test_auxiliary_loss_is_its_weight_times_the_cross_entropy_of_its_upsampled_logits(mmseg_model):

@@ -130,6 +130,26 @@ def test_labels_out_of_range_are_one_clear_error(task):
         task.evaluate(data)
 
 
+def test_a_directory_preset_gives_the_form_asked_for(task, tmp_path):
+    import tensorflow as tf
+
+    task.save_to_preset(tmp_path / "training")
+    assert ImageSegmenter.from_preset(str(tmp_path / "training")).classifier.with_teacher  # as saved
+    deployed = ImageSegmenter.from_preset(str(tmp_path / "training"), training=False)
+    assert not deployed.classifier.with_teacher and type(deployed) is ImageSegmenter
+    deployed.save_to_preset(tmp_path / "deployed")
+    with pytest.raises(UserError, match="saved deployed \\(no SSA teacher\\).*training=None"):
+        ImageSegmenter.from_preset(str(tmp_path / "deployed"), training=True)
+    # evaluate: `steps` counts batches (2 of 2 images); per-class lists for the 4 classes.
+    rng = np.random.default_rng(4)
+    data = tf.data.Dataset.from_tensor_slices(
+        (rng.integers(0, 256, (6, 32, 32, 3), dtype="uint8"), rng.integers(0, 4, (6, 32, 32), dtype="int32"))
+    ).batch(2)
+    scores = deployed.evaluate(data, steps=2)
+    assert scores["num_images"] == 4 and len(scores["IoU"]) == 4
+    assert scores["class_names"] == deployed.class_names == [f"class_{k}" for k in range(4)]
+
+
 def test_preset_errors_name_the_fix(tmp_path):
     with pytest.raises(UserError, match="unknown preset 'segnext_q'.*ImageSegmenter.presets"):
         ImageSegmenter.from_preset("segnext_q")

@@ -190,3 +190,20 @@ def test_existing_pretrained_file_is_accepted(tmp_path):
     weights.write_bytes(b"x")
     recipe = load_recipe(write(tmp_path, MINIMAL), overrides=[f"model.pretrained={weights}"])
     assert recipe["model"]["pretrained"] == str(weights)
+
+
+@pytest.mark.parametrize(
+    "model, message",
+    [
+        ({"family": "fcn", "size": "r50", "seed": 1}, "model.seed: seeds drop-path and NMF draws; ResNetV1c"),
+        ({"family": "upernet", "size": "t", "image_size": [64, 64]}, "model.image_size: fixes SegFormer's MiT"),
+        ({"family": "segnext", "size": "t", "source": "keras_hub"}, "model.source: chooses SegFormer's MiT"),
+        ({"family": "upernet", "size": "t", "seed": 1, "backbone": {"type": "keras_hub", "preset": "x"}},
+         "model.seed: .*a keras_hub backbone"),
+    ],
+)
+def test_model_keys_nothing_would_read_are_refused(model, message):
+    from ssaseg_keras.recipes import validate_recipe
+
+    with pytest.raises(RecipeError, match=message):
+        validate_recipe({"model": {**model, "num_classes": 5}, "data": {"source": "synthetic", "num_classes": 5}})

@@ -29,19 +29,22 @@ TINY_RESNET = {  # keras-hub's ResNet needs 64 filters in its first stack
 }
 
 
-def recipe_of(model, max_iters=2):
+def recipe_of(model, name="tiny_upernet", **train):
+    """A 2-iteration recipe on 64x64 synthetic images (5 classes) for a tiny `model:`; `train` overrides
+    the training keys (default: AdamW 1e-3 with Swin's custom keys)."""
     return validate_recipe(
         {
-            "name": "tiny_upernet",
+            "name": name,
             "model": model,
             "data": {
                 "source": "synthetic", "num_classes": 5, "image_size": [64, 64], "crop_size": [64, 64],
                 "num_images": 8, "num_val_images": 2,
             },
             "train": {
-                "max_iters": max_iters, "batch_size": 2, "lr": 1e-3, "warmup_iters": 1, "log_interval": 1,
+                "max_iters": 2, "batch_size": 2, "lr": 1e-3, "warmup_iters": 1, "log_interval": 1,
                 "eval_interval": 2, "checkpoint_interval": 2,
                 "custom_keys": {"relative_position_bias_table": {"decay_mult": 0.0}, "norm": {"decay_mult": 0.0}},
+                **train,
             },
         }
     )  # fmt: skip
@@ -49,7 +52,7 @@ def recipe_of(model, max_iters=2):
 
 def keras_hub_upernet(ssa=True):
     return {
-        "family": "upernet", "size": "t", "num_classes": 5, "ssa": ssa, "seed": 3,
+        "family": "upernet", "size": "t", "num_classes": 5, "ssa": ssa,
         "backbone": {"type": "keras_hub", "class_name": "ResNetBackbone", "arguments": dict(TINY_RESNET)},
         "head": {"channels": 16}, "auxiliary_head": {"channels": 8},
     }  # fmt: skip

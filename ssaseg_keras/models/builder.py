@@ -61,6 +61,7 @@ def model_preset(config):
     else:
         _check_overrides(backbone, preset["backbone"], "model.backbone", family)
     preset["backbone"].update(backbone)
+    _refuse_unread_keys(config, preset["backbone"].get("type"))
     for part in ("head", "auxiliary_head"):
         overrides = config.get(part)
         if part == "auxiliary_head" and overrides is False:
@@ -81,6 +82,22 @@ def _check_overrides(overrides, allowed, key, what):
         raise RecipeError(
             f"{key}.{unknown[0]}: unknown key; allowed keys of `{key}` ({what}): {', '.join(sorted(allowed))}"
         )
+
+
+def _refuse_unread_keys(config, backbone_type):
+    """model.seed / image_size / source where nothing would read them: one error, not a silent no-op."""
+    family = config["family"]
+    unseeded = family == "fcn" or backbone_type in LIBRARY_BACKBONE_TYPES
+    if config.get("seed") is not None and unseeded:
+        what = "ResNetV1c and FCNHead" if family == "fcn" else f"a {backbone_type} backbone and UPerHead"
+        raise RecipeError(f"model.seed: seeds drop-path and NMF draws; {what} have none to seed. Remove the key.")
+    if config.get("image_size") is not None and family != "segformer":
+        raise RecipeError(
+            f"model.image_size: fixes SegFormer's MiT input size; {family} runs at any multiple of 32. "
+            "Remove the key (a keras-hub / keras-cv backbone takes model.backbone.image_shape)."
+        )
+    if config.get("source", "keras_cv") != "keras_cv" and family != "segformer":
+        raise RecipeError(f"model.source: chooses SegFormer's MiT implementation; {family} has none. Remove the key.")
 
 
 def build_backbone(config, preset):

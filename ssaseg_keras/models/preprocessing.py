@@ -3,8 +3,8 @@ inference resize) inside an `ImageSegmenterPreprocessor` that maps `(image, labe
 
 Both are Keras layers for their configuration (they have no weights) and are callable on NumPy
 arrays, backend tensors and TensorFlow tensors (so `dataset.map(preprocessor)` works in tf.data on
-every backend, as keras-hub's preprocessors do). The arithmetic is `utils.conventions.normalize`,
-the one the data pipelines use.
+every backend, as keras-hub's preprocessors do). NumPy and TensorFlow inputs go through
+`utils.conventions.normalize`, the function the data pipelines use.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from ssaseg_keras.utils.conventions import IGNORE_INDEX, MEAN, STD
+from ssaseg_keras.utils.conventions import IGNORE_INDEX, MEAN, STD, normalize
 
 
 def _is_tf_tensor(value):
@@ -40,15 +40,17 @@ class ImageConverter(keras.layers.Layer):
 
     def __call__(self, images):
         """(..., H, W, 3) 0-255 -> float32 normalised, of the same kind (NumPy, TensorFlow or backend)."""
-        mean, std = np.asarray(self.mean, "float32"), np.asarray(self.std, "float32")
-        if _is_tf_tensor(images):
+        if _is_tf_tensor(images):  # tf.data (and the SavedModel graph)
             import tensorflow as tf
 
-            return (tf.cast(images, tf.float32) - mean) / std
+            return normalize(tf.cast(images, tf.float32), self.mean, self.std)
         if isinstance(images, np.ndarray | list):
-            return (np.asarray(images, "float32") - mean) / std
+            return normalize(np.asarray(images, "float32"), self.mean, self.std)
+        # A backend tensor (maybe on an accelerator): `normalize`'s arithmetic through keras.ops.
         images = keras.ops.cast(images, "float32")
-        return (images - keras.ops.convert_to_tensor(mean)) / keras.ops.convert_to_tensor(std)
+        return keras.ops.divide(
+            keras.ops.subtract(images, np.asarray(self.mean, "float32")), np.asarray(self.std, "float32")
+        )
 
     def for_inference(self, image):
         """One RGB image (H, W, 3) -> (1, h, w, 3) float32 NumPy: keep-ratio resized to `scale` (when

@@ -35,6 +35,7 @@ from ssaseg_keras.models.preprocessing import (
 )
 from ssaseg_keras.models.segmentor import Segmentor
 from ssaseg_keras.utils.errors import CheckpointError, UserError
+from ssaseg_keras.utils.variables import count_parameters
 
 PRESET_FILES = {
     "task": "task.json",
@@ -132,26 +133,31 @@ class ImageSegmenter(Segmentor):
         with _explain_label_errors():
             return super().fit(data, validation_data=validation, **kwargs)
 
-    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", steps=None, return_dict=True, **kwargs):
-        """Streaming mIoU / mAcc / aAcc (percent) over (images 0-255, labels) pairs, by the task's
-        inference mode (`mode` in the result names it, as every reported mIoU does).
+    def evaluate(self, x=None, y=None, batch_size=None, steps=None, **kwargs):
+        """Streaming mIoU / mAcc / aAcc and per-class IoU / Acc (percent) over (images 0-255, labels)
+        pairs: a tf.data dataset of batches, or arrays x and y (`batch_size` images at a time); at most
+        `steps` batches. By the task's inference mode (`mode` in the result names it, as every
+        reported mIoU does): each image is preprocessed as `predict` does (keep-ratio resize,
+        normalisation) and its logits resized back to the label's size.
 
-        Each image is preprocessed as `predict` does (keep-ratio resize, normalisation), its logits
-        resized back to the label's size. Keras' own loss evaluation is
-        `evaluate_loss` (what `fit(validation_data=...)` reports).
+        Keras' own loss evaluation is `evaluate_loss` (what `fit(validation_data=...)` reports).
         """
         if kwargs.pop("_use_cached_eval_dataset", False):  # Keras' fit(validation_data=...)
-            return super().evaluate(x, y, batch_size=batch_size, verbose=verbose, steps=steps,
-                                    return_dict=return_dict, _use_cached_eval_dataset=True, **kwargs)  # fmt: skip
+            return super().evaluate(x, y, batch_size=batch_size, steps=steps, _use_cached_eval_dataset=True, **kwargs)
         if kwargs:
-            raise TypeError(f"ImageSegmenter.evaluate: unexpected arguments {sorted(kwargs)}")
-        from ssaseg_keras.metrics.segmentation import confusion_counts, metrics_from_confusion
+            raise TypeError(
+                f"ImageSegmenter.evaluate takes x, y, batch_size and steps; got {sorted(kwargs)} "
+                "(Keras' loss evaluation with its options is evaluate_loss)"
+            )
+        from ssaseg_keras.metrics.segmentation import confusion_counts
+        from ssaseg_keras.models.preprocessing import check_label_values
+        from ssaseg_keras.training.evaluation import summarize_confusion
 
         confusion = np.zeros((self.num_classes, self.num_classes), "int64")
         count = 0
-        from ssaseg_keras.models.preprocessing import check_label_values
-
-        for images, labels in _numpy_pairs(x, y, batch_size):
+        for batch, (images, labels) in enumerate(_numpy_pairs(x, y, batch_size)):
+            if steps is not None and batch >= steps:
+                break
             labels = np.asarray(labels)
             if labels.ndim == 4:
                 labels = labels[..., 0]
@@ -160,16 +166,20 @@ class ImageSegmenter(Segmentor):
                 prediction = self._predict_one(image)
                 confusion += confusion_counts(label[None].astype("int32"), prediction[None], self.num_classes)
                 count += 1
-            if steps is not None and count >= steps:
-                break
-        results = metrics_from_confusion(confusion)
-        return {
-            "mIoU": float(results["mIoU"]) * 100,
-            "mAcc": float(results["mAcc"]) * 100,
-            "aAcc": float(results["aAcc"]) * 100,
-            "mode": self.inference_mode_name,
-            "num_images": count,
-        }
+        return summarize_confusion(confusion, self.class_names, self.inference_mode_name, count)
+
+    @property
+    def class_names(self):
+        """The recipe's dataset class names when the task was built from a recipe, else class_<k>."""
+        from ssaseg_keras.data.catalog import class_names
+
+        recipe = self.__dict__.get("recipe")
+        if recipe is not None:
+            data = recipe["data"]
+            names = class_names(data["source"], data.get("num_classes"), data.get("class_names"))
+            if len(names) == self.num_classes:
+                return list(names)
+        return [f"class_{k}" for k in range(self.num_classes)]
 
     def evaluate_loss(self, *args, **kwargs):
         """Keras' `evaluate` (the `main_ce` of already preprocessed images and labels)."""
@@ -181,7 +191,7 @@ class ImageSegmenter(Segmentor):
 
         return eval_mode_name(self.inference["mode"], self.inference["crop_size"], self.inference["stride"])
 
-    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None, return_scores=False):
+    def predict(self, x, return_scores=False):
         """Class maps of RGB images (0-255, uint8 or float): int32 (B, H, W) at the input size.
 
         `x`: an array (B, H, W, 3) or (H, W, 3), a list of images of any sizes (a list of maps
@@ -236,7 +246,7 @@ class ImageSegmenter(Segmentor):
         return described
 
     @classmethod
-    def from_preset(cls, preset, load_weights=None, training=True, num_classes=None, overrides=()):
+    def from_preset(cls, preset, load_weights=None, training=None, num_classes=None, overrides=()):
         """The task of a preset: a shipped preset name (a recipe's architecture, preprocessing and
         inference settings, random weights), a directory written by `save_to_preset` (any backend),
         or a remote handle (`kaggle://`, `hf://`: through keras-hub's downloader).
@@ -244,8 +254,10 @@ class ImageSegmenter(Segmentor):
         Args:
             load_weights: a preset directory's weights (default True there); a shipped preset has
                 none, so True for one is an error.
-            training: build the training form (SSA teacher, auxiliary heads) of a shipped preset; a
-                directory preset is loaded as it was saved.
+            training: True: the training form (SSA teacher, auxiliary heads); False: the deployed form
+                (`inference_model`); None (default): a shipped preset's training form, a directory
+                as it was saved. A directory saved deployed cannot give the training form (its teacher
+                is not in it): that is an error naming the fix.
             num_classes, overrides: for a shipped preset, the recipe's `model.num_classes` and
                 further `key=value` overrides (the CLI's --set syntax, e.g. "eval.mode=slide").
         """
@@ -258,7 +270,17 @@ class ImageSegmenter(Segmentor):
                     f"preset directory {preset!r}: num_classes / overrides apply to shipped presets; a saved "
                     "preset loads as it was saved (fine-tune it, or start from a shipped preset name)"
                 )
-            return load_preset_dir(preset, load_weights=load_weights is not False)
+            task = load_preset_dir(preset, load_weights=load_weights is not False)
+            if training is False:
+                from ssaseg_keras.models.segmentor import inference_model
+
+                return inference_model(task)
+            if training and task.is_ssa and not task.classifier.with_teacher:
+                raise UserError(
+                    f"preset {preset!r} was saved deployed (no SSA teacher), so it has no training form: "
+                    "fine-tune from a preset saved before inference_model, or pass training=None"
+                )
+            return task
         from ssaseg_keras.recipes import load_recipe, packaged_recipe_names, packaged_recipe_path
 
         if packaged_recipe_path(preset) is None:
@@ -282,7 +304,7 @@ class ImageSegmenter(Segmentor):
             own_classes = False
         elif own_classes:  # the user's own data: the recipe's dataset no longer describes the task
             recipe = {**recipe, "model": {**recipe["model"], "num_classes": int(num_classes)}}
-        task = build_image_segmenter(recipe, training=training)
+        task = build_image_segmenter(recipe, training=training is not False)
         if own_classes:
             object.__setattr__(task, "recipe", None)  # a preset saved from it carries no recipe.yaml
         return task
@@ -325,8 +347,8 @@ class ImageSegmenter(Segmentor):
                     "ssaseg_keras_version": __version__,
                     "keras_version": keras.__version__,
                     "backend": keras.backend.backend(),
-                    "parameter_count": int(sum(np.prod(v.shape) for v in self.weights)),
-                    "trainable_parameter_count": int(sum(np.prod(v.shape) for v in self.trainable_weights)),
+                    "parameter_count": count_parameters(self.weights),
+                    "trainable_parameter_count": count_parameters(self.trainable_weights),
                     "num_classes": self.num_classes,
                     "ssa": self.is_ssa,
                     "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

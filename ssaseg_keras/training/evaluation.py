@@ -161,7 +161,7 @@ def evaluate_model(model, recipe, flip=False, scales=(1.0,), max_images=None, ec
     """
     from ssaseg_keras.data import build_dataset, dataset_info
     from ssaseg_keras.data.pipeline import explain_data_errors
-    from ssaseg_keras.metrics.segmentation import confusion_counts, metrics_from_confusion
+    from ssaseg_keras.metrics.segmentation import confusion_counts
 
     eval_config = recipe["eval"]
     info = dataset_info(recipe["data"])
@@ -188,7 +188,16 @@ def evaluate_model(model, recipe, flip=False, scales=(1.0,), max_images=None, ec
             count += 1
     confusion = host_sum(confusion)
     count = int(host_sum(np.array([count], "int64"))[0])
-    results = metrics_from_confusion(confusion, info["class_names"])
+    mode = eval_mode_name(eval_config["mode"], eval_config["crop_size"], eval_config["stride"], flip, scales)
+    return summarize_confusion(confusion, info["class_names"], mode, count)
+
+
+def summarize_confusion(confusion, class_names, mode, num_images):
+    """The reported results of a confusion matrix: mIoU, mAcc, aAcc and per-class IoU / Acc in percent
+    (None for classes that do not count, as mmseg's NaN), `class_names`, `mode`, `num_images`."""
+    from ssaseg_keras.metrics.segmentation import metrics_from_confusion
+
+    results = metrics_from_confusion(confusion, class_names)
 
     def percent(values):
         return [None if v != v else round(float(v) * 100, 4) for v in values]
@@ -199,9 +208,9 @@ def evaluate_model(model, recipe, flip=False, scales=(1.0,), max_images=None, ec
         "aAcc": float(results["aAcc"]) * 100,
         "IoU": percent(results["IoU"]),
         "Acc": percent(results["Acc"]),
-        "class_names": list(info["class_names"]),
-        "mode": eval_mode_name(eval_config["mode"], eval_config["crop_size"], eval_config["stride"], flip, scales),
-        "num_images": count,
+        "class_names": list(class_names),
+        "mode": mode,
+        "num_images": num_images,
     }
 
 

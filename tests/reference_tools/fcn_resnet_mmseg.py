@@ -31,7 +31,7 @@ import torch  # noqa: E402
 from mmseg.models.backbones import ResNetV1c  # noqa: E402
 from mmseg.models.backbones.resnet import Bottleneck  # noqa: E402
 from mmseg.models.decode_heads import FCNHead  # noqa: E402
-from upernet_swin_mmseg import BN, nchw, randomise  # noqa: E402
+from upernet_swin_mmseg import BN, head_arrays, nchw, randomise, state_arrays  # noqa: E402
 
 
 class TinyResNetV1c(ResNetV1c):
@@ -60,22 +60,11 @@ def main(out_dir):
     images = torch.round(torch.randn(2, 3, 72, 104) * 8) / 8
     with torch.no_grad():
         stages = backbone(images)
-        decode_features = decode_head._forward_feature(stages)
-        decode_logits = decode_head.cls_seg(decode_features)
-        aux_features = auxiliary_head._forward_feature(stages)
-        aux_logits = auxiliary_head.cls_seg(aux_features)
-    arrays = {}
-    for part, module in parts.items():
-        for name, tensor in module.state_dict().items():
-            if tensor.dtype.is_floating_point:
-                arrays[f"state/{part}.{name}"] = tensor.numpy()
+    arrays = state_arrays(parts)
     arrays["input/images_nchw"] = nchw(images)
     for i, stage in enumerate(stages, start=1):
         arrays[f"out/stage{i}_nchw"] = nchw(stage)
-    arrays["out/decode_features_nchw"] = nchw(decode_features)
-    arrays["out/decode_logits_nchw"] = nchw(decode_logits)
-    arrays["out/aux_features_nchw"] = nchw(aux_features)
-    arrays["out/aux_logits_nchw"] = nchw(aux_logits)
+    arrays.update(head_arrays(decode_head, auxiliary_head, stages))
     path = os.path.join(out_dir, "fcn_resnet_mmseg.npz")
     np.savez_compressed(path, **arrays)
     print(f"wrote {path}: {len(arrays)} arrays, {os.path.getsize(path) / 1e6:.2f} MB; stages "

@@ -155,6 +155,27 @@ def nchw(tensor):
     return tensor.detach().numpy().astype("float32")
 
 
+def state_arrays(parts):
+    """`state/<part>.<name>`: every float tensor of the parts' state dicts (integer buffers left out)."""
+    return {
+        f"state/{part}.{name}": tensor.numpy()
+        for part, module in parts.items()
+        for name, tensor in module.state_dict().items()
+        if tensor.dtype.is_floating_point
+    }
+
+
+def head_arrays(decode_head, auxiliary_head, stages):
+    """`out/{decode,aux}_{features,logits}_nchw` of both heads (eval mode) on the backbone's stages."""
+    arrays = {}
+    with torch.no_grad():
+        for key, head in (("decode", decode_head), ("aux", auxiliary_head)):
+            features = head._forward_feature(stages)
+            arrays[f"out/{key}_features_nchw"] = nchw(features)
+            arrays[f"out/{key}_logits_nchw"] = nchw(head.cls_seg(features))
+    return arrays
+
+
 def main(out_dir):
     torch.manual_seed(0)
     backbone = SwinTransformer(
@@ -178,16 +199,8 @@ def main(out_dir):
     with torch.no_grad():
         stages = backbone(images)
         stages_b = backbone(images2)
-        decode_features = decode_head._forward_feature(stages)
-        decode_logits = decode_head.cls_seg(decode_features)
-        aux_features = auxiliary_head._forward_feature(stages)
-        aux_logits = auxiliary_head.cls_seg(aux_features)
 
-    arrays = {}
-    for part, module in parts.items():
-        for name, tensor in module.state_dict().items():
-            if tensor.dtype.is_floating_point:
-                arrays[f"state/{part}.{name}"] = tensor.numpy()
+    arrays = state_arrays(parts)
     official = to_official(backbone.state_dict())
     check_official_layout(backbone, official)
     arrays.update({f"official/{name}": tensor.numpy() for name, tensor in official.items()})
@@ -196,10 +209,7 @@ def main(out_dir):
     for i, (a, b) in enumerate(zip(stages, stages_b), start=1):
         arrays[f"out/stage{i}_nchw"] = nchw(a)
         arrays[f"out/stage{i}_b_nchw"] = nchw(b)
-    arrays["out/decode_features_nchw"] = nchw(decode_features)
-    arrays["out/decode_logits_nchw"] = nchw(decode_logits)
-    arrays["out/aux_features_nchw"] = nchw(aux_features)
-    arrays["out/aux_logits_nchw"] = nchw(aux_logits)
+    arrays.update(head_arrays(decode_head, auxiliary_head, stages))
     path = os.path.join(out_dir, "upernet_swin_mmseg.npz")
     np.savez_compressed(path, **arrays)
     shapes = ", ".join(f"{tuple(s.shape)}" for s in stages)
