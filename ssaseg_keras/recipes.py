@@ -18,7 +18,7 @@ import os
 import yaml
 
 from ssaseg_keras.losses.ssa import LOSS_TERMS
-from ssaseg_keras.models.builder import MODEL_DEFAULTS, model_preset
+from ssaseg_keras.models.builder import MODEL_DEFAULTS, classifier_dropout, model_preset
 from ssaseg_keras.models.presets import LIBRARY_BACKBONE_TYPES, PRESETS
 from ssaseg_keras.ops.resize import RESIZE_METHODS
 from ssaseg_keras.training.evaluation import EVAL_MODES
@@ -135,7 +135,7 @@ def validate_model(section):
     _choice(cfg["size"], "model.size", tuple(PRESETS[family]))
     cfg["num_classes"] = _number(cfg["num_classes"], "model.num_classes", low=1, integer=True)
     cfg["ssa"] = _bool(cfg["ssa"], "model.ssa")
-    cfg["dropout"] = _number(cfg["dropout"], "model.dropout", 0.0, 0.99)
+    cfg["dropout"] = _number(cfg["dropout"], "model.dropout", 0.0, 0.99, allow_none=True)
     weights = cfg["ssa_loss_weights"] if cfg["ssa_loss_weights"] is not None else {}
     if not isinstance(weights, dict):
         raise _fail("model.ssa_loss_weights", f"must be a mapping of loss term to weight, got {weights!r}")
@@ -156,7 +156,7 @@ def validate_model(section):
         if size[0] % 32 or size[1] % 32:
             raise _fail("model.image_size", f"must be multiples of 32, got {size}")
         cfg["image_size"] = size
-    for part in ("backbone", "head", "auxiliary_head"):
+    for part in ("backbone", "head", "auxiliary_head", "region_head"):
         if cfg[part] is None:
             cfg[part] = {}
         if part == "auxiliary_head" and cfg[part] is False:
@@ -164,6 +164,7 @@ def validate_model(section):
         if not isinstance(cfg[part], dict):
             raise _fail(f"model.{part}", f"must be a mapping of preset overrides, got {cfg[part]!r}")
     preset = model_preset(cfg)  # RecipeError naming the key for unknown overrides / backbone types
+    cfg["dropout"] = classifier_dropout(cfg, preset)  # the resolved recipe names the rate used
     pretrained = cfg["pretrained"]
     if pretrained is not None:
         if not isinstance(pretrained, str) or not pretrained:
@@ -192,6 +193,7 @@ def check_pretrained(model_config):
         "segnext": "the MSCAN ImageNet .pth (e.g. mscan_t.pth from the SegNeXt release)",
         "upernet": "the Swin ImageNet .pth the reference config names (official or mmseg layout)",
         "fcn": "open-mmlab's ResNetV1c ImageNet .pth the reference config names (resnet101_v1c)",
+        "ocrnet": "the HRNetV2 ImageNet .pth the reference config names (hrnetv2_w48, open-mmlab / msra)",
     }
     raise _fail(
         "model.pretrained",

@@ -63,20 +63,21 @@ def golden_image_nhwc():
 
 def load_mmseg_state(model, reference):
     """Load an mmseg reference file's whole `state/*` strictly into `model` (every name used, every
-    variable set; backbone, decode head and auxiliary head all present); returns the model."""
+    variable set; backbone, decode head and the auxiliary or cascade head all present); returns it."""
     from ssaseg_keras.convert import load_reference_weights
 
     state = {k[len("state/") :]: v for k, v in reference.items() if k.startswith("state/")}
     report = load_reference_weights(model, state)
-    assert {name.split(".", 1)[0] for name in report.loaded} == {"backbone", "decode_head", "auxiliary_head"}
+    parts = {"backbone", "decode_head", "auxiliary_head"} if model.auxiliary_heads else {"backbone", "decode_head"}
+    assert {name.split(".", 1)[0] for name in report.loaded} == parts
     assert report.num_loaded == len(state)
     return model
 
 
 def assert_matches_mmseg(model, reference, rtol=1e-4):
-    """The model's stages, decode features and logits, auxiliary logits and inference output (the decode
-    logits half-pixel upsampled to the image) against an mmseg reference file's `out/*` arrays
-    (NCHW), on `input/images_nchw`. Returns {"stages", "aux_logits"} (NumPy) for further checks."""
+    """The model's stages, decode features and logits, auxiliary (or cascade region) logits and
+    inference output (the decode logits half-pixel upsampled to the image) against an mmseg reference
+    file's `out/*` arrays (NCHW), on `input/images_nchw`. Returns {"stages", "aux_logits"} (NumPy)."""
     from conftest import nchw_to_nhwc, to_numpy
     from keras import ops
 
@@ -90,12 +91,16 @@ def assert_matches_mmseg(model, reference, rtol=1e-4):
     stages = [to_numpy(s) for s in model.backbone(images, training=False)]
     for index, stage in enumerate(stages):
         close(stage, f"out/stage{index + 1}_nchw")
-    features = model.decode_head([ops.convert_to_tensor(s) for s in stages], training=False)
+    features, regions = model.decode([ops.convert_to_tensor(s) for s in stages], training=False)
+    if regions is not None:
+        close(to_numpy(regions), "out/region_logits_nchw")
     close(to_numpy(features), "out/decode_features_nchw")
     logits = to_numpy(model.classifier(features, training=False))
     close(logits, "out/decode_logits_nchw")
-    aux_logits = to_numpy(model.auxiliary_heads[0]([ops.convert_to_tensor(s) for s in stages], training=False))
-    close(aux_logits, "out/aux_logits_nchw")
+    aux_logits = None
+    if model.auxiliary_heads:
+        aux_logits = to_numpy(model.auxiliary_heads[0]([ops.convert_to_tensor(s) for s in stages], training=False))
+        close(aux_logits, "out/aux_logits_nchw")
     size = tuple(images.shape[1:3])
     expected = to_numpy(resize_bilinear(ops.convert_to_tensor(logits), size, align_corners=False))
     np.testing.assert_allclose(to_numpy(model(images, training=False)), expected, rtol=rtol, atol=rtol * np.abs(expected).max())

@@ -34,6 +34,11 @@ def test_all_shipped_recipes_exist_and_validate():
     names = {os.path.basename(p)[:-5] for p in RECIPES}
     expected = {"segnext_t_coco", "segnext_t_ade20k", "segnext_s_ade20k", "segnext_b_ade20k", "segnext_l_ade20k"}
     expected |= {f"segformer_b{i}_ade20k" for i in range(6)}
+    expected |= {
+        f"upernet_swin_{s}_{d}" for s in "tbl" for d in ("ade20k", "coco", "pascal_context59")
+    }
+    expected |= {"fcn_r101_ade20k", "fcn_r101_coco"}
+    expected |= {f"ocrnet_hr48_{d}" for d in ("ade20k", "coco", "pascal_context59")}
     expected |= {f"{n}_baseline" for n in expected}
     assert expected <= names  # other recipes (e.g. a quickstart) may sit beside them
     for path in RECIPES:
@@ -126,7 +131,7 @@ def test_overrides_are_yaml_values(tmp_path):
     "override, fragment",
     [
         ("model.famly=segnext", "model.famly: unknown key; allowed keys of `model`: auxiliary_head, backbone"),
-        ("model.family=unet", "model.family: must be one of segnext, segformer, upernet, fcn, got 'unet'"),
+        ("model.family=unet", "model.family: must be one of segnext, segformer, upernet, fcn, ocrnet, got 'unet'"),
         ("model.size=xl", "model.size: must be one of t, s, b, l"),
         ("model.ssa=maybe", "model.ssa: must be true or false"),
         ("model.num_classes=150.5", "model.num_classes: must be an integer"),

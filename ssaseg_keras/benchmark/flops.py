@@ -63,11 +63,12 @@ def count_macs(model, image_size, batch=1):
 
     Returns a dict of ints: `conv_dense`, `bias`, `matmul`, `resize`, `paper` (conv_dense + bias,
     the papers' convention) and `total`, plus `by_part` ({backbone, decode_head, classifier}:
-    their conv_dense + bias).
+    their conv_dense + bias; a cascade's region head counts in decode_head).
     """
     from ssaseg_keras.layers.ssa import SSAClassifier
     from ssaseg_keras.models.backbones.swin import SwinWindowAttention
     from ssaseg_keras.models.heads.ham_head import NMF2D, LightHamHead
+    from ssaseg_keras.models.heads.ocr_head import OCRHead
 
     height, width = int(image_size[0]), int(image_size[1])
     records = []
@@ -90,8 +91,11 @@ def count_macs(model, image_size, batch=1):
         patched.append(layer)
 
     parts = {}
-    for part_name in ("backbone", "decode_head", "classifier"):
-        part = getattr(model, part_name)
+    for attribute in ("backbone", "region_head", "decode_head", "classifier"):
+        part = getattr(model, attribute, None)
+        if part is None:
+            continue
+        part_name = "decode_head" if attribute == "region_head" else attribute
         for layer in part._flatten_layers(include_self=True, recursive=True):
             parts[id(layer)] = part_name
             if isinstance(
@@ -106,6 +110,8 @@ def count_macs(model, image_size, batch=1):
                 record(layer, "window_attention")
             elif isinstance(layer, LightHamHead):
                 record(layer, "ham_head")
+            elif isinstance(layer, OCRHead):
+                record(layer, "ocr_head")
     try:
         model(keras.KerasTensor((batch, height, width, 3), dtype="float32"), training=False)
     finally:
@@ -130,6 +136,9 @@ def count_macs(model, image_size, batch=1):
         elif kind == "window_attention":
             b, windows, tokens, channels = in_shape  # (B, windows, window_size^2, C)
             counts["matmul"] += 2 * b * windows * tokens * tokens * channels
+        elif kind == "ocr_head":  # the region gather (hw K C) and the attention (2 hw K C')
+            b, h, w, c = out_shape
+            counts["matmul"] += b * h * w * model.num_classes * (c + 2 * layer.ocr_channels)
         elif kind == "ham_head":
             selected = [in_shape[i] for i in layer.in_index]
             target = selected[0][1:3]

@@ -1,9 +1,11 @@
 """Converters from the reference implementation's checkpoints (PyTorch, mmseg 0.30 layout)."""
 
 from ssaseg_keras.convert import ham_head as _ham_head_mappings  # noqa: F401  (registers mappings)
+from ssaseg_keras.convert import hrnet as _hrnet_mappings  # noqa: F401
 from ssaseg_keras.convert import keras_cv_pyramid as _keras_cv_mappings  # noqa: F401
 from ssaseg_keras.convert import keras_hub_pyramid as _keras_hub_mappings  # noqa: F401
 from ssaseg_keras.convert import mscan as _mscan_mappings  # noqa: F401
+from ssaseg_keras.convert import ocrnet as _ocrnet_mappings  # noqa: F401
 from ssaseg_keras.convert import resnet as _resnet_mappings  # noqa: F401
 from ssaseg_keras.convert import segformer as _segformer_mappings  # noqa: F401
 from ssaseg_keras.convert import segmentor as _segmentor_mappings  # noqa: F401

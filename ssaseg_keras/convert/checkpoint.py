@@ -67,7 +67,8 @@ def convert_checkpoint(path, recipe_or_model, strict=True, overrides=()):
             a recipe gives its `ImageSegmenter` (with the recipe's preprocessor).
         strict: fail (listing every name) on unmapped/missing names and shape mismatches.
             `num_batches_tracked` and `*empty_weight` buffers are always skipped; a teacher-free
-            model skips the checkpoint's teacher (`decode_head.gt_*`).
+            model skips the checkpoint's teacher (`decode_head.gt_*`, `decode_head.1.gt_*` in a
+            cascade).
         overrides: recipe overrides (`key.sub=value`) when a recipe path is given.
 
     Returns:
@@ -93,7 +94,8 @@ def convert_checkpoint(path, recipe_or_model, strict=True, overrides=()):
             "`model.pretrained` for those."
         )
     # A training checkpoint loads into a deployed model: its teacher / auxiliary heads are skipped.
-    ignore = (() if has_teacher(model) else ("decode_head.gt_*",)) + (
+    teacher = "decode_head.1.gt_*" if getattr(model, "region_head", None) is not None else "decode_head.gt_*"
+    ignore = (() if has_teacher(model) else (teacher,)) + (
         () if has_auxiliary_heads(model) else ("auxiliary_head.*",)
     )
     try:
@@ -109,8 +111,10 @@ def load_pretrained_backbone(model, path, family="segnext", strict=True):
     SegNeXt: an MSCAN classification `.pth` (keys without `backbone.`; its classifier `head.*`
     ignored) or a segmentation checkpoint (its `backbone.*` part). SegFormer: see
     `ssaseg_keras.convert.segformer.load_mit_weights` (a keras-cv preset name or a local
-    `.weights.h5` file). UperNet: a Swin ImageNet `.pth`, official layout (`layers.*`, converted by
-    mmseg's swin_converter rule) or mmseg layout (`stages.*`); see `ssaseg_keras.convert.swin`.
+    `.weights.h5` file). FCN / OCRNet: open-mmlab's `resnet*_v1c` / `hrnetv2_w*` ImageNet `.pth`
+    (mmseg names; the classification parts ignored). UperNet: a Swin ImageNet `.pth`, official
+    layout (`layers.*`, converted by mmseg's swin_converter rule) or mmseg layout (`stages.*`); see
+    `ssaseg_keras.convert.swin`.
     """
     backbone = getattr(model, "backbone", model)
     if family == "upernet":
@@ -123,8 +127,13 @@ def load_pretrained_backbone(model, path, family="segnext", strict=True):
         return load_mit_weights(backbone, path)
     state = read_torch_checkpoint(path)
     prefix = "backbone." if any(key.startswith("backbone.") for key in state) else ""
+    ignore = PRETRAINED_IGNORED
+    if family == "ocrnet":  # the HRNet ImageNet file's classification head
+        from ssaseg_keras.convert.hrnet import HRNET_CLASSIFICATION_KEYS
+
+        ignore = ignore + HRNET_CLASSIFICATION_KEYS
     try:
-        return load_reference_weights(backbone, state, prefix=prefix, strict=strict, ignore=PRETRAINED_IGNORED)
+        return load_reference_weights(backbone, state, prefix=prefix, strict=strict, ignore=ignore)
     except ReferenceWeightsError as error:
         raise CheckpointError(
             f"Pretrained weights {os.fspath(path)!r} do not fit the {family} backbone: {error}"

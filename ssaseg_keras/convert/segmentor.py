@@ -21,8 +21,12 @@ def pixel_classifier_mapping(layer):
 def segmentor_mapping(model):
     # mmseg keeps the classifier inside the decode head: both live under `decode_head.`.
     yield from reference_mapping(model.backbone, prefix="backbone.")
-    yield from reference_mapping(model.decode_head, prefix="decode_head.")
-    yield from reference_mapping(model.classifier, prefix="decode_head.")
+    head = "decode_head."
+    if model.region_head is not None:  # a cascade (OCRNet): `decode_head.0.*` then `decode_head.1.*`
+        yield from reference_mapping(model.region_head, prefix="decode_head.0.")
+        head = "decode_head.1."
+    yield from reference_mapping(model.decode_head, prefix=head)
+    yield from reference_mapping(model.classifier, prefix=head)
     heads = model.auxiliary_heads
     for index, head in enumerate(heads):
         yield from reference_mapping(head, prefix="auxiliary_head." if len(heads) == 1 else f"auxiliary_head.{index}.")

@@ -6,15 +6,18 @@ inference settings, presets); `with_ssa(keras_hub_segmenter)` puts SSA-Seg into 
 """
 
 # Importing the parts registers them as Keras-serializable, so `.keras` files load in a fresh process.
+from ssaseg_keras.models.backbones.hrnet import HRNetBackbone
 from ssaseg_keras.models.backbones.mit import (  # keras-cv/hub imported lazily
     MiTBackbone,
     MiTFeatures,
 )
 from ssaseg_keras.models.backbones.mscan import MSCANBackbone
+from ssaseg_keras.models.backbones.resnet import ResNetV1cBackbone
 from ssaseg_keras.models.builder import build_image_segmenter, build_segmentor, model_summary_counts
 from ssaseg_keras.models.heads.auxiliary import AuxiliaryHead
 from ssaseg_keras.models.heads.fcn_head import FCNHead
 from ssaseg_keras.models.heads.ham_head import LightHamHead
+from ssaseg_keras.models.heads.ocr_head import OCRHead
 from ssaseg_keras.models.heads.segformer_head import SegFormerHead
 from ssaseg_keras.models.heads.uper_head import UPerHead
 from ssaseg_keras.models.keras_hub_ssa import SelectFeature, with_ssa
@@ -33,6 +36,7 @@ __all__ = [
     "AuxiliaryHead",
     "FAMILIES",
     "FCNHead",
+    "HRNetBackbone",
     "ImageConverter",
     "ImageSegmenter",
     "ImageSegmenterPreprocessor",
@@ -40,8 +44,10 @@ __all__ = [
     "MSCANBackbone",
     "MiTBackbone",
     "MiTFeatures",
+    "OCRHead",
     "PRESETS",
     "PixelClassifier",
+    "ResNetV1cBackbone",
     "SegFormerHead",
     "SelectFeature",
     "Segmentor",

@@ -20,7 +20,7 @@ MODEL_DEFAULTS = {
     "size": "t",
     "num_classes": 150,
     "ssa": True,
-    "dropout": 0.1,
+    "dropout": None,  # None: the preset's classifier dropout (0.1; OCRNet 0)
     "drop_path": None,  # None: the preset's rate
     "ssa_loss_weights": {},  # SSA only: {term: weight} overriding DEFAULT_SSA_LOSS_WEIGHTS (ablations)
     "pretrained": None,  # read by training (ssaseg_keras.convert.load_pretrained_backbone), not here
@@ -29,8 +29,14 @@ MODEL_DEFAULTS = {
     "seed": None,
     "backbone": {},  # overrides of the preset's backbone arguments (UperNet: or a keras-hub backbone)
     "head": {},  # overrides of the preset's head arguments
-    "auxiliary_head": {},  # overrides of the preset's auxiliary head (UperNet); false: none
+    "auxiliary_head": {},  # overrides of the preset's auxiliary head (UperNet, FCN); false: none
+    "region_head": {},  # overrides of the preset's cascade first stage (OCRNet)
 }
+
+
+def classifier_dropout(config, preset):
+    """`model.dropout`, or the preset's classifier dropout when it is None (0.1 where unset)."""
+    return float(config["dropout"]) if config.get("dropout") is not None else float(preset.get("dropout", 0.1))
 
 
 def model_preset(config):
@@ -62,7 +68,7 @@ def model_preset(config):
         _check_overrides(backbone, preset["backbone"], "model.backbone", family)
     preset["backbone"].update(backbone)
     _refuse_unread_keys(config, preset["backbone"].get("type"))
-    for part in ("head", "auxiliary_head"):
+    for part in ("head", "auxiliary_head", "region_head"):
         overrides = config.get(part)
         if part == "auxiliary_head" and overrides is False:
             preset.pop(part, None)  # an ablation without the auxiliary head
@@ -87,9 +93,11 @@ def _check_overrides(overrides, allowed, key, what):
 def _refuse_unread_keys(config, backbone_type):
     """model.seed / image_size / source where nothing would read them: one error, not a silent no-op."""
     family = config["family"]
-    unseeded = family == "fcn" or backbone_type in LIBRARY_BACKBONE_TYPES
+    unseeded = family in ("fcn", "ocrnet") or backbone_type in LIBRARY_BACKBONE_TYPES
     if config.get("seed") is not None and unseeded:
-        what = "ResNetV1c and FCNHead" if family == "fcn" else f"a {backbone_type} backbone and UPerHead"
+        what = {"fcn": "ResNetV1c and FCNHead", "ocrnet": "HRNet and the OCR heads"}.get(
+            family, f"a {backbone_type} backbone and UPerHead"
+        )
         raise RecipeError(f"model.seed: seeds drop-path and NMF draws; {what} have none to seed. Remove the key.")
     if config.get("image_size") is not None and family != "segformer":
         raise RecipeError(
@@ -123,6 +131,12 @@ def build_backbone(config, preset):
         if config.get("drop_path") is not None:
             raise RecipeError("model.drop_path: ResNetV1c has no drop-path; remove the key")
         return ResNetV1cBackbone(**args, name="backbone")
+    if config["family"] == "ocrnet":
+        from ssaseg_keras.models.backbones.hrnet import HRNetBackbone
+
+        if config.get("drop_path") is not None:
+            raise RecipeError("model.drop_path: HRNet has no drop-path; remove the key")
+        return HRNetBackbone(**args, name="backbone")
     if config.get("drop_path") is not None:
         args["drop_path_rate"] = float(config["drop_path"])
     if config["family"] == "segnext":
@@ -161,6 +175,10 @@ def build_decode_head(config, preset):
         from ssaseg_keras.models.heads.fcn_head import FCNHead
 
         return FCNHead(**args, name="decode_head")
+    if config["family"] == "ocrnet":
+        from ssaseg_keras.models.heads.ocr_head import OCRHead
+
+        return OCRHead(**args, name="decode_head")
     from ssaseg_keras.models.heads.segformer_head import SegFormerHead
 
     return SegFormerHead(**args, name="decode_head")
@@ -181,16 +199,35 @@ def build_auxiliary_heads(config, preset):
     ]
 
 
+def build_region_head(config, preset, backbone):
+    """The first stage of a cascade decode head (OCRNet: FCNHead + plain classifier, the soft object
+    regions), or None for the other families."""
+    if "region_head" not in preset:
+        return None
+    from ssaseg_keras.models.heads.auxiliary import AuxiliaryHead
+    from ssaseg_keras.models.heads.fcn_head import FCNHead
+
+    args = dict(preset["region_head"])
+    dropout, loss_weight = float(args.pop("dropout")), float(args.pop("loss_weight"))
+    if args.get("channels") is None:  # mmseg's configs: the width of the concatenated branches
+        index = args["in_index"]
+        args["channels"] = sum(backbone.stage_channels[i] for i in (index if isinstance(index, list) else [index]))
+    head = FCNHead(**args, name="fcn_head")
+    return AuxiliaryHead(head, int(config["num_classes"]), dropout=dropout, loss_weight=loss_weight, name="region_head")
+
+
 def build_segmentor(model_config: dict, training: bool = True, loss_resize_method: str = "matmul") -> Segmentor:
     """Build (and build the variables of) the model a recipe's `model:` section describes.
 
     Args:
         model_config: keys of `MODEL_DEFAULTS` (missing ones take those defaults): `family`
-            (segnext | segformer | upernet | fcn), `size` (t/s/b/l | b0..b5 | t/b/l | r50/r101), `num_classes`, `ssa` (SSA classifier
-            with its training teacher, or the plain 1x1 baseline), `dropout`, `drop_path`,
+            (segnext | segformer | upernet | fcn | ocrnet), `size` (t/s/b/l | b0..b5 | t/b/l | r50/r101 |
+            hr18/hr48), `num_classes`, `ssa` (SSA classifier with its training teacher, or the plain
+            1x1 baseline), `dropout` (None: the preset's), `drop_path`,
             `ssa_loss_weights`, `source` (keras_cv | keras_hub, SegFormer only), `image_size`,
             `seed`, and `backbone`/`head`/`auxiliary_head` dicts overriding the size preset (e.g. a
-            tiny test model). UperNet: `backbone` may instead name a keras-hub / keras-cv feature-pyramid
+            tiny test model; OCRNet also `region_head`). UperNet: `backbone` may instead name a
+            keras-hub / keras-cv feature-pyramid
             backbone (`type: keras_hub` or `keras_cv` with `preset`, or `class_name` + `arguments`), and
             `auxiliary_head: false` leaves its FCN auxiliary head out.
             `pretrained` is not read here: training loads it after building
@@ -208,14 +245,15 @@ def build_segmentor(model_config: dict, training: bool = True, loss_resize_metho
     decode_head = build_decode_head(config, preset)
     num_classes = int(config["num_classes"])
     loss_weights = dict(config.get("ssa_loss_weights") or {})
+    dropout = classifier_dropout(config, preset)
     if config["ssa"]:
         classifier = SSAClassifier(
-            num_classes, dropout=float(config["dropout"]), with_teacher=training, name="classifier"
+            num_classes, dropout=dropout, with_teacher=training, name="classifier"
         )
     else:
         if loss_weights:
             raise RecipeError("model.ssa_loss_weights: only an SSA model (model.ssa: true) has these loss terms")
-        classifier = PixelClassifier(num_classes, dropout=float(config["dropout"]), name="classifier")
+        classifier = PixelClassifier(num_classes, dropout=dropout, name="classifier")
     model = Segmentor(
         backbone,
         decode_head,
@@ -223,6 +261,7 @@ def build_segmentor(model_config: dict, training: bool = True, loss_resize_metho
         loss_resize_method=loss_resize_method,
         ssa_loss_weights=loss_weights or None,
         auxiliary_heads=build_auxiliary_heads(config, preset) if training else [],
+        region_head=build_region_head(config, preset, backbone),
         name=f"{config['family']}_{config['size']}",
     )
     model.build((None, None, None, 3))

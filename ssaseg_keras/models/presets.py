@@ -3,7 +3,9 @@
 SegNeXt (MSCAN + LightHamHead) follows the SegNeXt paper / mmseg configs; SegFormer (MiT + all-MLP
 head) the SegFormer paper; UperNet (Swin + UPerHead + an FCN auxiliary head) mmseg's / the SSA-Seg
 reference's `upernet_swin` configs; FCN (ResNetV1c-D8 + FCNHead + the FCN auxiliary head) mmseg's
-`fcn_r*-d8` configs. `build_segmentor` (ssaseg_keras.models) reads these tables.
+`fcn_r*-d8` configs; OCRNet (HRNetV2 + the FCN region stage + OCRHead) mmseg's `ocrnet_hr*` configs.
+`build_segmentor` (ssaseg_keras.models) reads these tables. A preset's `dropout` is the classifier's
+default (`model.dropout` when the recipe does not set it; 0.1 where absent).
 """
 
 from __future__ import annotations
@@ -73,6 +75,32 @@ def _resnet_d8(depth):
 
 FCN_PRESETS = {"r50": _resnet_d8(50), "r101": _resnet_d8(101)}
 
+# OCRNet (mmseg's `ocrnet_hr18` / `ocrnet_hr48` configs, the SSA-Seg reference's OCRNet rows): HRNetV2
+# (stage 1: 4 Bottlenecks of 64; stages 2-4: 1, 4, 3 HRModules of 4 BasicBlocks per branch) and a
+# cascade decode head. Its first stage (`region_head`) is an FCNHead on the resized concatenation of
+# the 4 branches (one 1x1 conv, `channels` None = the concatenation's width, 720 for W48; no concat)
+# with a plain classifier and a cross-entropy of weight 0.4: its logits are the soft object regions
+# the OCRHead (3x3 bottleneck to 512, 256 attention channels) reads. Neither stage has dropout.
+# `bn_momentum` 0.81 (torch 0.19): the reference runs the first stage twice per training step with
+# the same input (its loss, then the input of the second stage), so its BatchNorm statistics take
+# two moving-average steps of the same batch statistics, m <- 0.81 m + 0.19 s; one step at
+# momentum 0.19 is that exactly.
+OCR_REGION_HEAD = {"channels": None, "num_convs": 1, "kernel_size": 1, "concat_input": False, "in_index": [0, 1, 2, 3],
+                   "dropout": 0.0, "loss_weight": 0.4, "bn_momentum": 0.81}  # fmt: skip
+
+
+def _hrnet_ocr(widths):
+    return {
+        "backbone": {"widths": list(widths), "modules": [1, 4, 3], "blocks": 4, "stem_channels": 64,
+                     "stage1_channels": 64, "stage1_blocks": 4},  # fmt: skip
+        "region_head": dict(OCR_REGION_HEAD),
+        "head": {"channels": 512, "ocr_channels": 256, "in_index": [0, 1, 2, 3]},
+        "dropout": 0.0,
+    }
+
+
+OCRNET_PRESETS = {"hr18": _hrnet_ocr((18, 36, 72, 144)), "hr48": _hrnet_ocr((48, 96, 192, 384))}
+
 # `model.backbone` of an UperNet over a keras-hub or keras-cv feature-pyramid backbone (`type: keras_hub`
 # or `keras_cv`): a preset (name or local directory) or a class name + arguments (`KerasHubBackbone`'s
 # / `KerasCVBackbone`'s arguments).
@@ -80,7 +108,13 @@ KERAS_HUB_BACKBONE_KEYS = ("type", "preset", "class_name", "arguments", "load_we
 LIBRARY_BACKBONE_TYPES = ("keras_hub", "keras_cv")  # both take KERAS_HUB_BACKBONE_KEYS
 BACKBONE_TYPES = ("swin", *LIBRARY_BACKBONE_TYPES)
 
-PRESETS = {"segnext": SEGNEXT_PRESETS, "segformer": SEGFORMER_PRESETS, "upernet": UPERNET_PRESETS, "fcn": FCN_PRESETS}
+PRESETS = {
+    "segnext": SEGNEXT_PRESETS,
+    "segformer": SEGFORMER_PRESETS,
+    "upernet": UPERNET_PRESETS,
+    "fcn": FCN_PRESETS,
+    "ocrnet": OCRNET_PRESETS,
+}
 FAMILIES = tuple(PRESETS)
 
 

@@ -13,12 +13,20 @@ Outputs:
   With auxiliary heads (`models.heads.AuxiliaryHead`, e.g. UperNet's FCNHead) it also holds
   `aux_logits_<i>` (B, h_i, w_i, K) float32; the backbone runs once for all heads.
 
+A cascade decode head (mmseg's `CascadeEncoderDecoder`, OCRNet) has a `region_head`: a first stage
+(an `AuxiliaryHead`: FCNHead + plain classifier + loss weight) whose logits R, the soft object
+regions, the decode head reads beside the stages (`decode_head(stages, R)`). Unlike an auxiliary head
+it is part of the deployed model; in training its output is `region_logits` and its weighted
+cross-entropy the loss term `region_ce`. (The reference runs the first stage twice per training
+step, once for its loss and once for the second stage: the same numbers, and the same gradients, as
+running it once; see `models.presets` for its BatchNorm statistics.)
+
 `compute_loss` (Keras 3's portable hook, the same on TensorFlow, JAX and PyTorch) returns the sum of
 the loss terms (divided by the replica count inside a TensorFlow MirroredStrategy replica, whose
 gradients Keras sums) -- the eight of `ssa_loss_terms` (weighted by `ssa_loss_weights`) for SSA, `main_ce`
 for the baseline, plus `aux_ce` (the auxiliary heads' weighted cross-entropies) when there are
-auxiliary heads -- and reports each term as a metric of the same name. Called on inference
-outputs (`evaluate`, `test_on_batch`) it computes and reports only `main_ce` of the image-size
+auxiliary heads and `region_ce` with a region head -- and reports each term as a metric of the same
+name. Called on inference outputs (`evaluate`, `test_on_batch`) it computes and reports only `main_ce` of the image-size
 logits.
 """
 
@@ -42,6 +50,7 @@ from ssaseg_keras.utils.errors import UserError
 from ssaseg_keras.utils.variables import variable_keys
 
 AUX_PREFIX = "aux_logits_"  # training outputs of the auxiliary heads: aux_logits_0, aux_logits_1, ...
+REGION_LOGITS = "region_logits"  # training output of a cascade's first stage
 
 
 @keras.saving.register_keras_serializable(package="ssaseg_keras")
@@ -90,6 +99,8 @@ class Segmentor(keras.Model):
             `spatial_distill`, 1 for the rest).
         auxiliary_heads: training-only `AuxiliaryHead`s on the stage features (mmseg's
             `auxiliary_head`); `inference_model` drops them.
+        region_head: the first stage of a cascade decode head (an `AuxiliaryHead` whose logits the
+            decode head reads: `decode_head(stages, region_logits)`), or None.
 
     Call:
         `model(images, training=False)`: images (B, H, W, 3), normalised, H and W multiples of 32
@@ -99,12 +110,13 @@ class Segmentor(keras.Model):
     """
 
     def __init__(self, backbone, decode_head, classifier, loss_resize_method="matmul", ssa_loss_weights=None,
-                 auxiliary_heads=None, **kwargs):  # fmt: skip
+                 auxiliary_heads=None, region_head=None, **kwargs):  # fmt: skip
         super().__init__(**kwargs)
         self.backbone = backbone
         self.decode_head = decode_head
         self.classifier = classifier
         self.auxiliary_heads = list(auxiliary_heads or [])
+        self.region_head = region_head
         if loss_resize_method not in RESIZE_METHODS:
             raise ValueError(f"loss_resize_method must be one of {RESIZE_METHODS}, got {loss_resize_method!r}")
         self.loss_resize_method = loss_resize_method
@@ -117,8 +129,10 @@ class Segmentor(keras.Model):
             raise UserError("ssa_loss_weights: only an SSA model (an SSAClassifier) has these loss terms")
         else:
             self.ssa_loss_weights = None
-        self.loss_term_names = (list(LOSS_TERMS) if self.is_ssa else ["main_ce"]) + (
-            ["aux_ce"] if self.auxiliary_heads else []
+        self.loss_term_names = (
+            (list(LOSS_TERMS) if self.is_ssa else ["main_ce"])
+            + (["aux_ce"] if self.auxiliary_heads else [])
+            + (["region_ce"] if self.region_head is not None else [])
         )
         self.loss_trackers = [keras.metrics.Mean(name=name) for name in self.loss_term_names]
         self._reported_terms = None  # None: every term; else the names `evaluate` computes
@@ -133,6 +147,8 @@ class Segmentor(keras.Model):
 
     def build(self, input_shape=(None, None, None, 3)):
         feature_shapes = [tuple(t.shape) for t in self.backbone.outputs]
+        if self.region_head is not None and not self.region_head.built:
+            self.region_head.build(feature_shapes)
         if not self.decode_head.built:
             self.decode_head.build(feature_shapes)
         if not self.classifier.built:
@@ -145,7 +161,15 @@ class Segmentor(keras.Model):
     # ----------------------------------------------------------------- forward
     def features(self, images, training=False):
         """The decode head's features F (B, h, w, C) for images (B, H, W, 3)."""
-        return self.decode_head(self.backbone(images, training=training), training=training)
+        return self.decode(self.backbone(images, training=training), training=training)[0]
+
+    def decode(self, stages, training=False):
+        """(F, region logits or None): the decode head's features for the stage features, through the
+        region head first when the decode head is a cascade."""
+        if self.region_head is None:
+            return self.decode_head(stages, training=training), None
+        regions = self.region_head(stages, training=training)
+        return self.decode_head(stages, regions, training=training), regions
 
     def call(self, images, training=False):
         wrapper = self.__dict__.get("_training_forward")
@@ -154,9 +178,11 @@ class Segmentor(keras.Model):
             # DistributedDataParallel: `training.distribute.attach_ddp`); it calls back in here.
             return wrapper(images)
         stages = self.backbone(images, training=training)
-        features = self.decode_head(stages, training=training)
+        features, regions = self.decode(stages, training=training)
         if training:
             outputs = {"features": features}
+            if regions is not None:
+                outputs[REGION_LOGITS] = regions
             if self.is_ssa:
                 student = self.classifier.forward_student(features, training=True)
                 outputs.update(logits=student["refined_logits"], **student)
@@ -179,7 +205,9 @@ class Segmentor(keras.Model):
             return baseline_loss_terms(y_pred, labels, resize_method=method)
         if self.is_ssa:
             student = {
-                k: v for k, v in y_pred.items() if k not in ("logits", "features") and not k.startswith(AUX_PREFIX)
+                k: v
+                for k, v in y_pred.items()
+                if k not in ("logits", "features", REGION_LOGITS) and not k.startswith(AUX_PREFIX)
             }
             terms = ssa_loss_terms(
                 self.classifier,
@@ -197,6 +225,9 @@ class Segmentor(keras.Model):
                 * baseline_loss_terms(y_pred[f"{AUX_PREFIX}{index}"], labels, resize_method=method)["main_ce"]
                 for index, head in enumerate(self.auxiliary_heads)
             )
+        if self.region_head is not None:  # mmseg: the first cascade stage's loss_weight x its CE
+            ce = baseline_loss_terms(y_pred[REGION_LOGITS], labels, resize_method=method)["main_ce"]
+            terms["region_ce"] = self.region_head.loss_weight * ce
         return terms
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
@@ -259,13 +290,14 @@ class Segmentor(keras.Model):
             "loss_resize_method": self.loss_resize_method,
             "ssa_loss_weights": self.ssa_loss_weights,
             "auxiliary_heads": [keras.saving.serialize_keras_object(h) for h in self.auxiliary_heads],
+            "region_head": None if self.region_head is None else keras.saving.serialize_keras_object(self.region_head),
         }
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        for key in ("backbone", "decode_head", "classifier"):
-            if isinstance(config[key], dict):
+        for key in ("backbone", "decode_head", "classifier", "region_head"):
+            if isinstance(config.get(key), dict):
                 config[key] = keras.saving.deserialize_keras_object(
                     config[key], custom_objects=custom_objects
                 )
@@ -311,12 +343,14 @@ def inference_model(model):
         classifier = SSAClassifier.from_config({**old_classifier.get_config(), "with_teacher": False})
     else:
         classifier = _copy_layer(old_classifier)
+    region_head = None if model.region_head is None else _copy_layer(model.region_head)
     new = type(model)(
         _copy_layer(model.backbone),
         _copy_layer(model.decode_head),
         classifier,
         loss_resize_method=model.loss_resize_method,
         ssa_loss_weights=model.ssa_loss_weights,
+        region_head=region_head,
         name=model.name,
         **model.task_kwargs(),
     )
@@ -325,6 +359,8 @@ def inference_model(model):
     new.build()
     copy_variables(model.backbone, new.backbone)
     copy_variables(model.decode_head, new.decode_head)
+    if region_head is not None:
+        copy_variables(model.region_head, region_head)
     copy_variables(old_classifier, classifier, allow_extra_source=True)
     return new
 

@@ -54,7 +54,8 @@ class ImageSegmenter(Segmentor):
     """A semantic-segmentation task: `Segmentor` + preprocessor + presets (see the module docstring).
 
     Args:
-        backbone, decode_head, classifier, loss_resize_method, ssa_loss_weights, auxiliary_heads:
+        backbone, decode_head, classifier, loss_resize_method, ssa_loss_weights, auxiliary_heads,
+        region_head:
             as `Segmentor`.
         preprocessor: `ImageSegmenterPreprocessor` (or a keras-hub `ImageSegmenterPreprocessor`);
             None: inputs are already normalised.
@@ -86,6 +87,7 @@ class ImageSegmenter(Segmentor):
             loss_resize_method=segmentor.loss_resize_method,
             ssa_loss_weights=segmentor.ssa_loss_weights,
             auxiliary_heads=segmentor.auxiliary_heads,
+            region_head=segmentor.region_head,
             name=segmentor.name,
         )
         task.build()

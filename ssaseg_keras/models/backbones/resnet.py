@@ -27,17 +27,17 @@ EXPANSION = 4
 DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
 
 
-def _batch_norm(name, policy):
+def bn_layer(name, policy):
     return SyncBatchNormalization(epsilon=NORM_EPS, momentum=BN_MOMENTUM, dtype=policy, name=name)
 
 
-def _conv(filters, kernel, name, policy, strides=1, dilation=1):
+def conv_layer(filters, kernel, name, policy, strides=1, dilation=1):
     return keras.layers.Conv2D(
         filters, kernel, strides=strides, dilation_rate=dilation, use_bias=False, dtype=policy, name=name
     )
 
 
-def _pad(x, amount):
+def torch_pad(x, amount):
     """torch's zero padding of `amount` pixels on every spatial side (NHWC)."""
     return x if amount == 0 else ops.pad(x, ((0, 0), (amount, amount), (amount, amount), (0, 0)))
 
@@ -58,9 +58,9 @@ class ResNetDeepStem(keras.layers.Layer):
         self.convs, self.norms = [], []
         shape = tuple(input_shape)
         for index, width in enumerate(widths):
-            conv = _conv(width, 3, f"conv{index}", policy, strides=2 if index == 0 else 1)
+            conv = conv_layer(width, 3, f"conv{index}", policy, strides=2 if index == 0 else 1)
             conv.build(shape[:-1] + (shape[-1],))
-            norm = _batch_norm(f"norm{index}", policy)
+            norm = bn_layer(f"norm{index}", policy)
             norm.build(shape[:-1] + (width,))
             self.convs.append(conv)
             self.norms.append(norm)
@@ -69,9 +69,9 @@ class ResNetDeepStem(keras.layers.Layer):
 
     def call(self, x, training=False):
         for conv, norm in zip(self.convs, self.norms):
-            x = ops.relu(norm(conv(_pad(x, 1)), training=training))
+            x = ops.relu(norm(conv(torch_pad(x, 1)), training=training))
         # After the ReLU every value is >= 0, so zero padding gives torch's -inf-padded max-pool.
-        return ops.max_pool(_pad(x, 1), 3, strides=2, padding="valid")
+        return ops.max_pool(torch_pad(x, 1), 3, strides=2, padding="valid")
 
     def compute_output_shape(self, input_shape):
         def half(size):
@@ -100,12 +100,12 @@ class ResNetBottleneck(keras.layers.Layer):
         policy = self.dtype_policy
         channels = input_shape[-1]
         out = self.planes * EXPANSION
-        self.conv1 = _conv(self.planes, 1, "conv1", policy)
-        self.bn1 = _batch_norm("bn1", policy)
-        self.conv2 = _conv(self.planes, 3, "conv2", policy, strides=self.strides, dilation=self.dilation)
-        self.bn2 = _batch_norm("bn2", policy)
-        self.conv3 = _conv(out, 1, "conv3", policy)
-        self.bn3 = _batch_norm("bn3", policy)
+        self.conv1 = conv_layer(self.planes, 1, "conv1", policy)
+        self.bn1 = bn_layer("bn1", policy)
+        self.conv2 = conv_layer(self.planes, 3, "conv2", policy, strides=self.strides, dilation=self.dilation)
+        self.bn2 = bn_layer("bn2", policy)
+        self.conv3 = conv_layer(out, 1, "conv3", policy)
+        self.bn3 = bn_layer("bn3", policy)
         spatial = tuple(input_shape[:-1])
         self.conv1.build(spatial + (channels,))
         self.bn1.build(spatial + (self.planes,))
@@ -115,15 +115,15 @@ class ResNetBottleneck(keras.layers.Layer):
         self.bn3.build(spatial + (out,))
         self.has_downsample = self.strides != 1 or channels != out
         if self.has_downsample:
-            self.downsample_conv = _conv(out, 1, "downsample_conv", policy, strides=self.strides)
+            self.downsample_conv = conv_layer(out, 1, "downsample_conv", policy, strides=self.strides)
             self.downsample_conv.build(spatial + (channels,))
-            self.downsample_norm = _batch_norm("downsample_norm", policy)
+            self.downsample_norm = bn_layer("downsample_norm", policy)
             self.downsample_norm.build(spatial + (out,))
         self.built = True
 
     def call(self, x, training=False):
         y = ops.relu(self.bn1(self.conv1(x), training=training))
-        y = ops.relu(self.bn2(self.conv2(_pad(y, self.dilation)), training=training))
+        y = ops.relu(self.bn2(self.conv2(torch_pad(y, self.dilation)), training=training))
         y = self.bn3(self.conv3(y), training=training)
         shortcut = x
         if self.has_downsample:

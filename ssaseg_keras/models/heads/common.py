@@ -21,9 +21,10 @@ class ConvNormAct(keras.layers.Layer):
         norm: "group" (GroupNorm with `groups` groups) or "batch" (BatchNorm); eps 1e-5.
         groups: GroupNorm groups.
         activation: apply ReLU after the norm.
+        momentum: BatchNorm's moving-average momentum (Keras convention: 0.9 = torch's 0.1).
     """
 
-    def __init__(self, filters, norm="group", groups=32, activation=True, kernel_size=1, **kwargs):
+    def __init__(self, filters, norm="group", groups=32, activation=True, kernel_size=1, momentum=0.9, **kwargs):
         super().__init__(**kwargs)
         if norm not in ("group", "batch"):
             raise ValueError(f"norm must be 'group' or 'batch', got {norm!r}")
@@ -34,6 +35,7 @@ class ConvNormAct(keras.layers.Layer):
         self.norm = norm
         self.groups = int(groups)
         self.activation = bool(activation)
+        self.momentum = float(momentum)
 
     def build(self, input_shape):
         policy = self.dtype_policy
@@ -46,7 +48,7 @@ class ConvNormAct(keras.layers.Layer):
             )
         else:
             self.norm_layer = SyncBatchNormalization(
-                epsilon=NORM_EPS, momentum=0.9, dtype=policy, name="bn"
+                epsilon=NORM_EPS, momentum=self.momentum, dtype=policy, name="bn"
             )
         self.conv.build(input_shape)
         self.norm_layer.build(tuple(input_shape[:-1]) + (self.filters,))
@@ -67,4 +69,22 @@ class ConvNormAct(keras.layers.Layer):
             "groups": self.groups,
             "activation": self.activation,
             "kernel_size": self.kernel_size,
+            "momentum": self.momentum,
         }
+
+
+def resize_concat(features, in_index):
+    """mmseg's `input_transform="resize_concat"`: the selected stages resized (bilinear, half-pixel)
+    to the first one's size and concatenated on channels. (B, h_i, w_i, C_i) -> (B, h, w, sum C_i)."""
+    from ssaseg_keras.ops.resize import resize_bilinear
+
+    selected = [features[i] for i in in_index]
+    size = ops.shape(selected[0])[1:3]
+    resized = [selected[0]] + [resize_bilinear(x, size, align_corners=False) for x in selected[1:]]
+    return ops.concatenate(resized, axis=-1)
+
+
+def resize_concat_shape(input_shape, in_index):
+    """The shape `resize_concat` gives for the stage shapes `input_shape`."""
+    shapes = [tuple(input_shape[i]) for i in in_index]
+    return shapes[0][:-1] + (sum(int(s[-1]) for s in shapes),)
