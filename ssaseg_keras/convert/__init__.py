@@ -7,6 +7,7 @@ from ssaseg_keras.convert import keras_hub_pyramid as _keras_hub_mappings  # noq
 from ssaseg_keras.convert import mscan as _mscan_mappings  # noqa: F401
 from ssaseg_keras.convert import ocrnet as _ocrnet_mappings  # noqa: F401
 from ssaseg_keras.convert import resnet as _resnet_mappings  # noqa: F401
+from ssaseg_keras.convert import seaformer as _seaformer_mappings  # noqa: F401
 from ssaseg_keras.convert import segformer as _segformer_mappings  # noqa: F401
 from ssaseg_keras.convert import segmentor as _segmentor_mappings  # noqa: F401
 from ssaseg_keras.convert import ssa as _ssa_mappings  # noqa: F401  (registers the SSA mapping)

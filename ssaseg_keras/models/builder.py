@@ -139,6 +139,10 @@ def build_backbone(config, preset):
         return HRNetBackbone(**args, name="backbone")
     if config.get("drop_path") is not None:
         args["drop_path_rate"] = float(config["drop_path"])
+    if config["family"] == "seaformer":
+        from ssaseg_keras.models.backbones.seaformer import SeaFormerBackbone
+
+        return SeaFormerBackbone(**args, seed=config.get("seed"), name="backbone")
     if config["family"] == "segnext":
         from ssaseg_keras.models.backbones.mscan import MSCANBackbone
 
@@ -179,6 +183,10 @@ def build_decode_head(config, preset):
         from ssaseg_keras.models.heads.ocr_head import OCRHead
 
         return OCRHead(**args, name="decode_head")
+    if config["family"] == "seaformer":
+        from ssaseg_keras.models.heads.light_head import LightHead
+
+        return LightHead(**args, name="decode_head")
     from ssaseg_keras.models.heads.segformer_head import SegFormerHead
 
     return SegFormerHead(**args, name="decode_head")
@@ -221,8 +229,8 @@ def build_segmentor(model_config: dict, training: bool = True, loss_resize_metho
 
     Args:
         model_config: keys of `MODEL_DEFAULTS` (missing ones take those defaults): `family`
-            (segnext | segformer | upernet | fcn | ocrnet), `size` (t/s/b/l | b0..b5 | t/b/l | r50/r101 |
-            hr18/hr48), `num_classes`, `ssa` (SSA classifier with its training teacher, or the plain
+            (segnext | segformer | upernet | fcn | ocrnet | seaformer), `size` (t/s/b/l | b0..b5 | t/b/l |
+            r50/r101 | hr18/hr48 | b/l), `num_classes`, `ssa` (SSA classifier with its training teacher, or the plain
             1x1 baseline), `dropout` (None: the preset's), `drop_path`,
             `ssa_loss_weights`, `source` (keras_cv | keras_hub, SegFormer only), `image_size`,
             `seed`, and `backbone`/`head`/`auxiliary_head` dicts overriding the size preset (e.g. a

@@ -4,11 +4,15 @@ SegNeXt (MSCAN + LightHamHead) follows the SegNeXt paper / mmseg configs; SegFor
 head) the SegFormer paper; UperNet (Swin + UPerHead + an FCN auxiliary head) mmseg's / the SSA-Seg
 reference's `upernet_swin` configs; FCN (ResNetV1c-D8 + FCNHead + the FCN auxiliary head) mmseg's
 `fcn_r*-d8` configs; OCRNet (HRNetV2 + the FCN region stage + OCRHead) mmseg's `ocrnet_hr*` configs.
-`build_segmentor` (ssaseg_keras.models) reads these tables. A preset's `dropout` is the classifier's
+The lightweight families (SeaFormer-B/L, AFFormer-B, CGRSeg-B/L) follow the SSA-Seg reference's configs;
+their layouts live beside their code. `build_segmentor` (ssaseg_keras.models) reads these tables. A preset's `dropout` is the classifier's
 default (`model.dropout` when the recipe does not set it; 0.1 where absent).
 """
 
 from __future__ import annotations
+
+from ssaseg_keras.models.backbones.seaformer import SEAFORMER_LAYOUTS
+from ssaseg_keras.models.heads.light_head import LIGHT_HEAD_PRESETS
 
 SEGNEXT_PRESETS = {
     "t": {
@@ -108,12 +112,19 @@ KERAS_HUB_BACKBONE_KEYS = ("type", "preset", "class_name", "arguments", "load_we
 LIBRARY_BACKBONE_TYPES = ("keras_hub", "keras_cv")  # both take KERAS_HUB_BACKBONE_KEYS
 BACKBONE_TYPES = ("swin", *LIBRARY_BACKBONE_TYPES)
 
+# SeaFormer (the reference's configs/seaformer/seaformer_{base,large}.py): the backbone layout and the
+# LightHead (SSA reads its `linear_fuse` output); classifier dropout 0.1, drop-path 0.1 (per stage).
+SEAFORMER_PRESETS = {
+    size: {"backbone": dict(SEAFORMER_LAYOUTS[size]), "head": dict(LIGHT_HEAD_PRESETS[size])} for size in ("b", "l")
+}
+
 PRESETS = {
     "segnext": SEGNEXT_PRESETS,
     "segformer": SEGFORMER_PRESETS,
     "upernet": UPERNET_PRESETS,
     "fcn": FCN_PRESETS,
     "ocrnet": OCRNET_PRESETS,
+    "seaformer": SEAFORMER_PRESETS,
 }
 FAMILIES = tuple(PRESETS)
 
