@@ -155,3 +155,49 @@ def test_missing_recipe_exits_2_from_the_console_script():
     done = run_cli("benchmark", "recipes/no_such_recipe.yaml")
     assert done.returncode == 2 and "does not exist" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _fake_report(backend, baseline_ms, ssa_ms):
+    conditions = {
+        "recipe": "quickstart", "family": "segnext", "size_name": "t", "num_classes": 21, "precision": "float32",
+        "batch": 2, "image_size": [64, 64], "iters": 2, "warmup": 1, "device": "CPU", "backend": backend,
+        "backend_version": "1.0", "keras_version": "3",
+    }  # fmt: skip
+    models = {
+        "model": {"ssa": True, "train_step_ms": ssa_ms, "inference_latency_ms": 10.0, "peak_train_memory_bytes": None},
+        "baseline": {"ssa": False, "train_step_ms": baseline_ms, "inference_latency_ms": 9.0},
+    }
+    ratios = {"train_step_ms": ssa_ms / baseline_ms, "inference_latency_ms": 10.0 / 9.0}
+    return {"conditions": conditions, "models": models, "ratios": ratios}
+
+
+def test_compare_backends_runs_each_backend_in_turn_and_joins_one_table():
+    """One process per backend with KERAS_BACKEND set and --json; a failed backend is reported, the
+    others still run; the table holds each backend's figures and its SSA step against the fastest."""
+    from types import SimpleNamespace
+
+    from ssaseg_keras.benchmark.compare import compare_backends, format_backend_comparison
+
+    calls = []
+
+    def fake_run(command, env, **kwargs):
+        backend = env["KERAS_BACKEND"]
+        calls.append((backend, command[command.index("benchmark") + 1 :]))
+        if backend == "jax":
+            return SimpleNamespace(returncode=2, stderr="Error: jax is not installed\n", stdout="")
+        figures = {"tensorflow": (100.0, 125.0), "torch": (200.0, 300.0)}[backend]
+        with open(command[command.index("--json") + 1], "w") as handle:
+            json.dump(_fake_report(backend, *figures), handle)
+        return SimpleNamespace(returncode=0, stderr="[SSA] training step ...\nnoise\n", stdout="")
+
+    echoed = []
+    results = compare_backends(["recipes/quickstart.yaml", "--iters", "2"], ("tensorflow", "jax", "torch"),
+                               echo=echoed.append, run=fake_run)  # fmt: skip
+    assert [backend for backend, _ in calls] == ["tensorflow", "jax", "torch"]
+    assert all(arguments[:3] == ["recipes/quickstart.yaml", "--iters", "2"] for _, arguments in calls)
+    assert results["jax"] == {"error": "Error: jax is not installed"}
+    assert "[torch] [SSA] training step ..." in echoed and not any("noise" in line for line in echoed)
+    table = format_backend_comparison(results)
+    assert "1.250x" in table and "1.500x" in table  # SSA / baseline per backend
+    assert "2.40x" in table  # torch's SSA step against TensorFlow's (300 / 125)
+    assert "jax: not measured (Error: jax is not installed)" in table
