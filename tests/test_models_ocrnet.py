@@ -103,7 +103,6 @@ def test_gflops_at_512_are_the_papers():
     for with_ssa, paper in ((False, 164.8), (True, 165.0)):
         config = {"family": "ocrnet", "size": "hr48", "num_classes": 150, "ssa": with_ssa}
         macs = count_macs(build_segmentor(config, training=False), (512, 512))
-        print(with_ssa, macs["paper"] / 1e9, macs)
         assert macs["paper"] / 1e9 == pytest.approx(paper, rel=0.03)
 
 
@@ -211,3 +210,15 @@ def test_ssa_cascade_checkpoint_converts_into_the_deployed_model(tmp_path):
     assert report.num_loaded == len(state) - len(report.skipped)
     images = np.random.default_rng(0).normal(size=(1, 64, 96, 3)).astype("float32")
     np.testing.assert_allclose(to_numpy(deployed(images)), to_numpy(trained(images)), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [({"backbone": {"widths": [8, 16]}}, "model.backbone"), ({"region_head": {"in_index": [0, 9]}}, "model.region_head")],
+)
+def test_architecture_overrides_that_cannot_build_name_the_key(overrides, key):
+    """A wrong override fails in a layer's constructor or build: one RecipeError naming the keys."""
+    from ssaseg_keras.utils.errors import RecipeError
+
+    with pytest.raises(RecipeError, match=f"^[^:]*{key}[^:]*: these overrides do not build the ocrnet model"):
+        build_segmentor({**tiny_ocrnet(), **overrides})

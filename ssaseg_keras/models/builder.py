@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 from ssaseg_keras.layers.ssa import SSAClassifier
@@ -73,6 +74,8 @@ def model_preset(config):
         if part == "auxiliary_head" and overrides is False:
             preset.pop(part, None)  # an ablation without the auxiliary head
             continue
+        if overrides is not None and not isinstance(overrides, dict):
+            raise RecipeError(f"model.{part}: must be a mapping of preset overrides, got {overrides!r}")
         overrides = overrides or {}
         if overrides and part not in preset:
             raise RecipeError(f"model.{part}: {family} has no {part.replace('_', ' ')}; remove the key.")
@@ -249,6 +252,29 @@ def build_segmentor(model_config: dict, training: bool = True, loss_resize_metho
     """
     config = {**MODEL_DEFAULTS, **(model_config or {})}
     preset = model_preset(config)
+    with _overrides_named_on_failure(config):
+        return _build_segmentor(config, preset, training, loss_resize_method)
+
+
+@contextlib.contextmanager
+def _overrides_named_on_failure(config):
+    """An architecture override that cannot build (4 widths given 2, an in_index past the last stage)
+    fails in a layer's constructor or build; with overrides present, that becomes one RecipeError
+    naming them instead of a traceback. Without overrides the error is the library's: re-raised."""
+    parts = [p for p in ("backbone", "head", "auxiliary_head", "region_head") if isinstance(config.get(p), dict) and config[p]]
+    try:
+        yield
+    except (ValueError, IndexError, TypeError, KeyError) as error:
+        if not parts:
+            raise
+        keys = ", ".join(f"model.{p}" for p in parts)
+        raise RecipeError(
+            f"{keys}: these overrides do not build the {config['family']} model ({type(error).__name__}: {error}); "
+            f"fix or remove them (ssaseg-keras recipes show NAME lists the preset's values)."
+        ) from error
+
+
+def _build_segmentor(config, preset, training, loss_resize_method):
     backbone = build_backbone(config, preset)
     decode_head = build_decode_head(config, preset)
     num_classes = int(config["num_classes"])

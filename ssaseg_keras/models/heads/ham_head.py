@@ -17,8 +17,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from ssaseg_keras.models.heads.common import ConvNormAct
-from ssaseg_keras.ops.resize import resize_bilinear
+from ssaseg_keras.models.heads.common import ConvNormAct, resize_concat
 
 NMF_EPS = 1e-6
 NORMALIZE_EPS = 1e-12
@@ -197,12 +196,7 @@ class LightHamHead(keras.layers.Layer):
         self.built = True
 
     def call(self, features, training=False):
-        selected = [features[i] for i in self.in_index]
-        size = ops.shape(selected[0])[1:3]  # Python ints, or dynamic in a graph of unknown size
-        x = ops.concatenate(
-            [resize_bilinear(level, size, align_corners=False) for level in selected], axis=-1
-        )
-        x = self.squeeze(x, training=training)
+        x = self.squeeze(resize_concat(features, self.in_index), training=training)
         x = self.hamburger(x, training=training)
         return self.align(x, training=training)
 
