@@ -82,12 +82,12 @@ def test_full_size_parameter_counts_are_the_references(family_size):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
-def test_tiny_model_trains_exports_resumes_and_evaluates(family, tmp_path):
-    """The recipe path end to end (AdamW with the family's custom keys, SSA, export, resume, evaluate)."""
-    from test_upernet_training import check_run, export_and_check, recipe_of
+def test_tiny_model_trains_and_evaluates(family, tmp_path):
+    """The recipe path (AdamW with the family's custom keys, SSA, the in-training evaluation) on every
+    backend. Export, resume and a later evaluation are family-independent code, run end to end by the
+    OCRNet and UperNet tests; the suite's time budget (CI: 40 minutes) leaves them out here."""
+    from test_upernet_training import check_run, recipe_of
 
-    from ssaseg_keras.training.evaluation import evaluate_model
-    from ssaseg_keras.training.loading import load_trained_model
     from ssaseg_keras.training.trainer import train
 
     model = {**tiny_model_config(family), "num_classes": 5}
@@ -97,9 +97,3 @@ def test_tiny_model_trains_exports_resumes_and_evaluates(family, tmp_path):
     summary = train(recipe, str(work_dir), echo=lines.append, load_pretrained=False)
     check_run(work_dir, summary, ssa=True, head_terms=())
     assert any(line.strip().startswith("lr x10 ") for line in lines)  # the head's group
-    export_and_check(tmp_path, work_dir)
-    longer = {**recipe, "train": {**recipe["train"], "max_iters": 3}}
-    summary = train(longer, str(work_dir), resume=True, echo=lines.append, load_pretrained=False)
-    assert summary["iteration"] == 3
-    trained, _ = load_trained_model(str(work_dir))
-    assert evaluate_model(trained, longer)["num_images"] == 2

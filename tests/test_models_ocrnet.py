@@ -1,5 +1,5 @@
 """OCRNet + HRNetV2 (issue 17, second part): whole-model mmseg parity of the cascade at a size whose
-branches are not multiples of 32, exact parameter counts (the issue's table), GFLOPs at 512.
+branches are not multiples of 32, exact parameter counts (the issue's table) and GFLOPs at 512 (in the count test).
 
 `tests/data/ocrnet_hrnet_mmseg.npz` was made by `tests/reference_tools/ocrnet_hrnet_mmseg.py` with
 mmsegmentation 1.2.2: a tiny HRNet (stage 1 one Bottleneck of 8; stages 2-4 with 1, 2, 1 modules of 2
@@ -90,20 +90,13 @@ def test_full_size_parameter_counts_are_mmsegs(num_classes):
     )  # the plain 1x1 classifier instead of SSA
     assert count_parameters(model.backbone.trainable_variables) == 65_325_120  # HRNetV2-W48
     # The cascade's first stage is part of the deployed model (its logits feed the OCR head).
-    assert count_parameters(inference_model(model).trainable_variables) == ssa_inference
+    deployed = inference_model(model)
+    assert count_parameters(deployed.trainable_variables) == ssa_inference
+    if num_classes == 150:  # mmcv's get_flops convention at 512x512: the paper's 165.0 (baseline 164.8;
+        # measured here 164.61 -> 164.85, BENCHMARKS.md)
+        from ssaseg_keras.benchmark.flops import count_macs
 
-
-@pytest.mark.slow
-def test_gflops_at_512_are_the_papers():
-    """mmcv's `get_flops` convention at 512x512 against the SSA-Seg paper's 164.8 -> 165.0."""
-    if keras.backend.backend() == "jax":
-        pytest.skip("backend: counted on TensorFlow and PyTorch (the count reads shapes only)")
-    from ssaseg_keras.benchmark.flops import count_macs
-
-    for with_ssa, paper in ((False, 164.8), (True, 165.0)):
-        config = {"family": "ocrnet", "size": "hr48", "num_classes": 150, "ssa": with_ssa}
-        macs = count_macs(build_segmentor(config, training=False), (512, 512))
-        assert macs["paper"] / 1e9 == pytest.approx(paper, rel=0.03)
+        assert count_macs(deployed, (512, 512))["paper"] / 1e9 == pytest.approx(165.0, rel=0.03)
 
 
 def test_region_stage_batchnorm_statistics_follow_the_reference_double_forward(reference):
