@@ -195,6 +195,8 @@ def check_pretrained(model_config):
         "fcn": "open-mmlab's ResNetV1c ImageNet .pth the reference config names (resnet101_v1c)",
         "ocrnet": "the HRNetV2 ImageNet .pth the reference config names (hrnetv2_w48, open-mmlab / msra)",
         "seaformer": "the SeaFormer ImageNet .pth the reference config names (SeaFormer_B_cls_76.4.pth / _L_cls_79.9)",
+        "afformer": "the AFFormer ImageNet .pth the reference config names (AFFormer_base_ImageNet1k_new.pth)",
+        "cgrseg": "the EfficientFormerV2 ImageNet .pth the reference config names (eformer_s2_450.pth / eformer_l_450.pth)",
     }
     raise _fail(
         "model.pretrained",

@@ -24,20 +24,17 @@ from ssaseg_keras.convert import load_reference_weights, read_torch_checkpoint, 
 from ssaseg_keras.convert.cgrseg import BACKBONE_IGNORE
 from ssaseg_keras.layers.ssa import SSAClassifier
 from ssaseg_keras.models.backbones.efficientformer_v2 import (
-    EFFICIENTFORMER_V2_LAYOUTS,
     Attention4D,
     Attention4DDownsample,
     EfficientFormerV2Backbone,
     bicubic_resize_axis,
 )
 from ssaseg_keras.models.heads.cgr_head import (
-    CGRSEG_HEAD_LAYOUTS,
     CGRBaselineClassifier,
     CGRSegHead,
     RCMBlock,
     adaptive_average_pool_2d,
 )
-from ssaseg_keras.utils.variables import count_parameters
 
 GOLDEN_NPZ = DATA_DIR / "cgrseg_tiny_ssa.npz"
 GOLDEN_PTH = DATA_DIR / "cgrseg_tiny_ssa.pth"
@@ -331,34 +328,37 @@ def test_mixed_precision_stays_close_to_float32(golden, tiny_model):
     assert_close(ops.cast(features, "float32"), golden["out/head_features_nchw"], "features", rtol=1e-2)
 
 
-# mmseg's counts of the reference configs (/shared/reference/lightweight-params.md): backbone; the
-# baseline CGRSeg head with its 150-class conv_seg and second stage; CGRSeg_ssa's head (training,
-# SSA teacher included); the whole SSA model at inference (no gt_* teacher).
-FULL_SIZE_COUNTS = {"b": (12_151_408, 6_963_463, 7_397_382, 19_286_134), "l": (25_578_016, 10_099_687, 10_533_606, 35_848_966)}
+def test_imagenet_file_loads_as_the_reference_loads_it(golden, tiny_model, tmp_path):
+    """An EfficientFormerV2 ImageNet file (no `backbone.` prefix, a classifier, 7x7-grid attention biases,
+    no `attention_biases_seg`) loads strictly: every backbone weight it has is loaded, the segmentation
+    biases it lacks stay at zero as in the reference and are named, its classifier parts are skipped.
+    (Full-size counts and GFLOPs: tests/test_models_lightweight.py.)"""
+    import torch
 
+    from ssaseg_keras.convert import load_pretrained_backbone
+    from ssaseg_keras.utils.errors import CheckpointError
 
-@pytest.mark.slow
-@pytest.mark.parametrize("size", ["b", "l"])
-def test_full_size_parameter_counts_are_the_references(size):
-    if BACKEND == "jax":  # shapes make the counts, the same on every backend
-        pytest.skip("backend: counted on TensorFlow and PyTorch; JAX compiles each initialiser")
-    backbone_count, baseline_count, ssa_count, inference_count = FULL_SIZE_COUNTS[size]
-    backbone = EfficientFormerV2Backbone(**EFFICIENTFORMER_V2_LAYOUTS[size])
-    head = CGRSegHead(**CGRSEG_HEAD_LAYOUTS[size])
-    head.build([tuple(t.shape) for t in backbone.outputs])
-    feature_shape = (None, None, None, head.channels)
-    classifiers = {}
-    for name, classifier in (
-        ("baseline", CGRBaselineClassifier(150)),
-        ("ssa", SSAClassifier(150, with_teacher=True)),
-        ("ssa_inference", SSAClassifier(150, with_teacher=False)),
-    ):
-        classifier.build(feature_shape)
-        classifiers[name] = count_parameters(classifier.trainable_variables)
-    backbone_params = count_parameters(backbone.trainable_variables)
-    head_params = count_parameters(head.trainable_variables)
-    assert backbone_params == backbone_count
-    assert head_params + classifiers["baseline"] == baseline_count
-    assert head_params + classifiers["ssa"] == ssa_count
-    assert backbone_params + head_params + classifiers["ssa_inference"] == inference_count
-    assert backbone.stage_channels == EFFICIENTFORMER_V2_LAYOUTS[size]["embed_dims"]
+    state = tiny_model["state"]
+    imagenet = {k[len("backbone."):]: torch.as_tensor(v) for k, v in state.items()
+                if k.startswith("backbone.") and not k.endswith("attention_biases_seg")}  # fmt: skip
+    width = tiny_arguments(golden)[0]["embed_dims"][-1]
+    imagenet.update({"norm.weight": torch.ones(width), "norm.bias": torch.zeros(width),
+                     "head.weight": torch.zeros(10, width), "head.bias": torch.zeros(10),
+                     "dist_head.weight": torch.zeros(10, width), "dist_head.bias": torch.zeros(10)})  # fmt: skip
+    path = tmp_path / "eformer_tiny.pth"
+    torch.save({"model": imagenet}, path)
+    backbone, _ = build_tiny(golden)
+    report = load_pretrained_backbone(backbone, path, family="cgrseg")
+    biases = [name for name, _, _ in reference_mapping(backbone) if name.endswith("attention_biases_seg")]
+    assert len(biases) == 3 and sorted(report.kept) == sorted(biases)
+    assert "not in the file, kept at their initial values" in report.describe()
+    assert {"head.weight", "dist_head.weight", "norm.weight"} <= set(report.skipped)
+    assert len(report.loaded) == len(list(reference_mapping(backbone))) - len(biases)
+    for name, variable, transform in reference_mapping(backbone):
+        expected = np.zeros(variable.shape) if name in biases else transform(np.asarray(state["backbone." + name], "float32"))
+        np.testing.assert_allclose(to_numpy(variable), expected, rtol=1e-6, err_msg=name)
+    # A file of another size stops with one message naming the file and the fix.
+    del imagenet["network.0.0.mlp.fc1.weight"]
+    torch.save({"model": imagenet}, path)
+    with pytest.raises(CheckpointError, match=r"(?s)eformer_tiny\.pth.*network\.0\.0\.mlp\.fc1\.weight.*eformer_s2_450"):
+        load_pretrained_backbone(build_tiny(golden)[0], path, family="cgrseg")

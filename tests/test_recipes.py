@@ -131,7 +131,7 @@ def test_overrides_are_yaml_values(tmp_path):
     "override, fragment",
     [
         ("model.famly=segnext", "model.famly: unknown key; allowed keys of `model`: auxiliary_head, backbone"),
-        ("model.family=unet", "model.family: must be one of segnext, segformer, upernet, fcn, ocrnet, seaformer, got 'unet'"),
+        ("model.family=unet", "model.family: must be one of segnext, segformer, upernet, fcn, ocrnet, seaformer, afformer, cgrseg, got 'unet'"),
         ("model.size=xl", "model.size: must be one of t, s, b, l"),
         ("model.ssa=maybe", "model.ssa: must be true or false"),
         ("model.num_classes=150.5", "model.num_classes: must be an integer"),

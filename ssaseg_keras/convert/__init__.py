@@ -1,6 +1,8 @@
 """Converters from the reference implementation's checkpoints (PyTorch, mmseg 0.30 layout)."""
 
-from ssaseg_keras.convert import ham_head as _ham_head_mappings  # noqa: F401  (registers mappings)
+from ssaseg_keras.convert import afformer as _afformer_mappings  # noqa: F401  (registers mappings)
+from ssaseg_keras.convert import cgrseg as _cgrseg_mappings  # noqa: F401
+from ssaseg_keras.convert import ham_head as _ham_head_mappings  # noqa: F401
 from ssaseg_keras.convert import hrnet as _hrnet_mappings  # noqa: F401
 from ssaseg_keras.convert import keras_cv_pyramid as _keras_cv_mappings  # noqa: F401
 from ssaseg_keras.convert import keras_hub_pyramid as _keras_hub_mappings  # noqa: F401
@@ -32,7 +34,9 @@ from ssaseg_keras.convert.reference import (
     norm_mapping,
     pointwise_as_dense,
     reference_mapping,
+    reference_unused,
     register_reference_mapping,
+    register_reference_unused,
 )
 
 __all__ = [
@@ -52,5 +56,7 @@ __all__ = [
     "norm_mapping",
     "pointwise_as_dense",
     "reference_mapping",
+    "reference_unused",
     "register_reference_mapping",
+    "register_reference_unused",
 ]

@@ -13,8 +13,9 @@ Our encoder holds each once. The mapping names every copy (so a strict load uses
 copy must hold the same values: a file whose copies differ (edited by hand, or from a model that did not
 share them) raises `ReferenceWeightsError` naming the keys, rather than loading one of them silently.
 
-The head's `align` ConvModule (built by the reference, never called) has no counterpart: load the head with
-`ignore=AFF_HEAD_IGNORED` so its `align.*` keys are skipped (and listed in the report's `skipped`).
+The head's `align` ConvModule (built by the reference, never called) has no counterpart: `AFF_HEAD_IGNORED`,
+registered as unused, so whole-checkpoint loading skips its `align.*` keys (and lists them in the report's
+`skipped`); loading the head alone takes `ignore=AFF_HEAD_IGNORED`.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from ssaseg_keras.convert.reference import (
     norm_mapping,
     reference_mapping,
     register_reference_mapping,
+    register_reference_unused,
 )
 from ssaseg_keras.models.backbones.afformer import (
     AFFormerBackbone,
@@ -188,3 +190,6 @@ def afformer_mapping(model):
 def aff_head_mapping(layer):
     for name, variable, transform in conv_norm_act_mapping(layer.squeeze):
         yield f"squeeze.{name}", variable, transform
+
+
+register_reference_unused(AFFormerHead, AFF_HEAD_IGNORED)

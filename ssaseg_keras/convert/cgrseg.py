@@ -4,12 +4,14 @@ without the prefix), the CGRSeg head (`decode_head.*` up to `linear_fuse`) and t
 classifier (`decode_head.conv_seg.*` and `decode_head.lgc.*`).
 
 Not mapped: the reference's unused buffers `attention_biases` / `attention_bias_idxs` (an ImageNet-size
-7x7 table) and `attention_bias_idxs_seg` (rebuilt from the resolution; load with
-`ignore=("*attention_bias_idxs*", "*attention_biases")`, see `BACKBONE_IGNORE`).
+7x7 table) and `attention_bias_idxs_seg` (rebuilt from the resolution): `BACKBONE_IGNORE`, registered as
+unused, so whole-checkpoint and pretrained loading skip them (listed as skipped); loading the backbone alone
+takes `ignore=BACKBONE_IGNORE`.
 """
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 
 from ssaseg_keras.convert.ham_head import conv_norm_act_mapping
@@ -17,9 +19,11 @@ from ssaseg_keras.convert.reference import (
     conv_mapping,
     dense_mapping,
     identity,
+    load_reference_weights,
     norm_mapping,
     reference_mapping,
     register_reference_mapping,
+    register_reference_unused,
 )
 from ssaseg_keras.models.backbones.efficientformer_v2 import (
     Attention4D,
@@ -173,3 +177,43 @@ def baseline_classifier_mapping(layer):
     yield "lgc.channel_mul_conv.1.weight", layer.channel_mul_1.gamma, flatten
     yield "lgc.channel_mul_conv.1.bias", layer.channel_mul_1.beta, flatten
     yield from dense_mapping(layer.channel_mul_3, "lgc.channel_mul_conv.3", conv1x1=True)
+
+
+register_reference_unused(EfficientFormerV2Backbone, BACKBONE_IGNORE)
+
+
+# An EfficientFormerV2 ImageNet file's classification parts (final norm, class and distillation heads).
+IMAGENET_CLASSIFICATION_KEYS = ("norm.*", "head.*", "dist_head.*")
+SEGMENTATION_BIAS = "attention_biases_seg"
+
+
+def load_efficientformer_v2_pretrained(backbone, state, path):
+    """Load an EfficientFormerV2 ImageNet state dict (`eformer_s2_450.pth`, `eformer_l_450.pth`: keys
+    without `backbone.`) or a CGRSeg checkpoint's `backbone.*` into a built `EfficientFormerV2Backbone`,
+    strictly, as the reference's backbone loads it.
+
+    An ImageNet file holds attention biases for its 7x7 classification grid (`attention_biases`), which
+    the reference's segmentation backbone keeps in an unused buffer; its `attention_biases_seg` (one per
+    offset of the segmentation grid) are not in the file and start at zero, as in the reference (its
+    non-strict `load_state_dict`). Those are named in the report's `kept`; the file's classification
+    parts (`norm.*`, `head.*`, `dist_head.*`) and unused biases in `skipped`. Any other difference
+    (a missing block, a width that does not fit) stops with every name listed.
+
+    Returns:
+        LoadReport. Raises `ReferenceWeightsError` (the caller names the file).
+    """
+    backbone = getattr(backbone, "backbone", backbone)
+    prefix = "backbone." if any(key.startswith("backbone.") for key in state) else ""
+    state = {key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)}
+    kept = []
+    if not any(key.endswith(SEGMENTATION_BIAS) for key in state):  # an ImageNet file
+        for name, variable, _ in reference_mapping(backbone):
+            if name.endswith(SEGMENTATION_BIAS) and name not in state:
+                state[name] = keras.ops.convert_to_numpy(variable)
+                kept.append(name)
+    report = load_reference_weights(
+        backbone, state, strict=True, ignore=BACKBONE_IGNORE + IMAGENET_CLASSIFICATION_KEYS
+    )
+    report.loaded = [name for name in report.loaded if name not in kept]
+    report.kept.extend(kept)
+    return report

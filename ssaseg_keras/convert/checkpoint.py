@@ -11,6 +11,7 @@ import os
 from ssaseg_keras.convert.reference import (
     ReferenceWeightsError,
     load_reference_weights,
+    reference_unused,
     to_numpy,
 )
 from ssaseg_keras.utils.errors import CheckpointError, UserError
@@ -98,6 +99,8 @@ def convert_checkpoint(path, recipe_or_model, strict=True, overrides=()):
     ignore = (() if has_teacher(model) else (teacher,)) + (
         () if has_auxiliary_heads(model) else ("auxiliary_head.*",)
     )
+    head_prefix = "decode_head.1." if getattr(model, "region_head", None) is not None else "decode_head."
+    ignore += reference_unused(model.backbone, "backbone.") + reference_unused(model.decode_head, head_prefix)
     try:
         report = load_reference_weights(model, state, strict=strict, ignore=ignore)
     except ReferenceWeightsError as error:
@@ -114,7 +117,9 @@ def load_pretrained_backbone(model, path, family="segnext", strict=True):
     `.weights.h5` file). FCN / OCRNet: open-mmlab's `resnet*_v1c` / `hrnetv2_w*` ImageNet `.pth`
     (mmseg names; the classification parts ignored). UperNet: a Swin ImageNet `.pth`, official
     layout (`layers.*`, converted by mmseg's swin_converter rule) or mmseg layout (`stages.*`); see
-    `ssaseg_keras.convert.swin`.
+    `ssaseg_keras.convert.swin`. CGRSeg: an EfficientFormerV2 ImageNet `.pth`, see
+    `ssaseg_keras.convert.cgrseg.load_efficientformer_v2_pretrained`. SeaFormer / AFFormer: their
+    ImageNet `.pth` (keys without `backbone.`; a classifier under `head.*` / `classifier.*` ignored).
     """
     backbone = getattr(model, "backbone", model)
     if family == "upernet":
@@ -126,8 +131,18 @@ def load_pretrained_backbone(model, path, family="segnext", strict=True):
 
         return load_mit_weights(backbone, path)
     state = read_torch_checkpoint(path)
+    if family == "cgrseg":
+        from ssaseg_keras.convert.cgrseg import load_efficientformer_v2_pretrained
+
+        try:
+            return load_efficientformer_v2_pretrained(backbone, state, path)
+        except ReferenceWeightsError as error:
+            raise CheckpointError(
+                f"Pretrained weights {os.fspath(path)!r} do not fit the EfficientFormerV2 backbone: {error}\n"
+                "Use the ImageNet file of the recipe's size (eformer_s2_450.pth for cgrseg b, eformer_l_450.pth for l)."
+            ) from error
     prefix = "backbone." if any(key.startswith("backbone.") for key in state) else ""
-    ignore = PRETRAINED_IGNORED
+    ignore = PRETRAINED_IGNORED + reference_unused(backbone)
     if family == "ocrnet":  # the HRNet ImageNet file's classification head
         from ssaseg_keras.convert.hrnet import HRNET_CLASSIFICATION_KEYS
 

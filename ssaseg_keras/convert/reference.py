@@ -30,6 +30,7 @@ Transform = Callable[[np.ndarray], np.ndarray]
 Mapping_ = Iterator[tuple[str, object, Transform]]
 
 _MAPPINGS: dict[type, Callable[..., Mapping_]] = {}
+_UNUSED: dict[type, tuple[str, ...]] = {}
 
 
 class ReferenceWeightsError(ValueError):
@@ -71,6 +72,22 @@ def register_reference_mapping(layer_class):
         return fn
 
     return decorator
+
+
+def register_reference_unused(layer_class, patterns):
+    """Declare reference names (glob patterns, relative to the layer's own prefix) that the reference
+    counterpart of `layer_class` holds but that have no place in it on purpose: a module the reference
+    builds and never calls (AFFormer's head `align`), buffers rebuilt here (EfficientFormerV2's
+    attention-bias indices). Whole-checkpoint and pretrained loaders skip them and list them as skipped."""
+    _UNUSED[layer_class] = tuple(patterns)
+
+
+def reference_unused(target, prefix=""):
+    """The patterns `register_reference_unused` declared for `target`'s class (or a base), under `prefix`."""
+    for cls in type(target).__mro__:
+        if cls in _UNUSED:
+            return tuple(prefix + pattern for pattern in _UNUSED[cls])
+    return ()
 
 
 def reference_mapping(target, prefix=""):

@@ -57,8 +57,7 @@ class SegmentationServer(tf.Module):
             x = tf.pad(x, [[0, 0], [0, pad_h], [0, pad_w], [0, 0]])
             run_size = tf.stack([height + pad_h, width + pad_w])
         model = self._holder.model
-        features = model.features(x, training=False)
-        logits = _resize(tf.cast(model.classifier(features, training=False), tf.float32), run_size)
+        logits = _resize(tf.cast(model.feature_logits(x, training=False), tf.float32), run_size)
         if self.fixed_size is not None:
             logits = _resize(logits, tf.stack([height, width]))
         else:

@@ -146,6 +146,14 @@ def build_backbone(config, preset):
         from ssaseg_keras.models.backbones.seaformer import SeaFormerBackbone
 
         return SeaFormerBackbone(**args, seed=config.get("seed"), name="backbone")
+    if config["family"] == "afformer":
+        from ssaseg_keras.models.backbones.afformer import AFFormerBackbone
+
+        return AFFormerBackbone(**args, seed=config.get("seed"), name="backbone")
+    if config["family"] == "cgrseg":
+        from ssaseg_keras.models.backbones.efficientformer_v2 import EfficientFormerV2Backbone
+
+        return EfficientFormerV2Backbone(**args, seed=config.get("seed"), name="backbone")
     if config["family"] == "segnext":
         from ssaseg_keras.models.backbones.mscan import MSCANBackbone
 
@@ -190,6 +198,16 @@ def build_decode_head(config, preset):
         from ssaseg_keras.models.heads.light_head import LightHead
 
         return LightHead(**args, name="decode_head")
+    if config["family"] == "afformer":
+        from ssaseg_keras.models.heads.aff_head import AFFormerHead
+
+        return AFFormerHead(**args, name="decode_head")
+    if config["family"] == "cgrseg":
+        from ssaseg_keras.models.heads.cgr_head import CGRSegHead
+
+        # The baseline's classifier (the reference's second, DPG stage) also reads the map before
+        # linear_fuse; SSA reads only linear_fuse's output.
+        return CGRSegHead(**args, return_pre_fuse=not config["ssa"], name="decode_head")
     from ssaseg_keras.models.heads.segformer_head import SegFormerHead
 
     return SegFormerHead(**args, name="decode_head")
@@ -232,8 +250,8 @@ def build_segmentor(model_config: dict, training: bool = True, loss_resize_metho
 
     Args:
         model_config: keys of `MODEL_DEFAULTS` (missing ones take those defaults): `family`
-            (segnext | segformer | upernet | fcn | ocrnet | seaformer), `size` (t/s/b/l | b0..b5 | t/b/l |
-            r50/r101 | hr18/hr48 | b/l), `num_classes`, `ssa` (SSA classifier with its training teacher, or the plain
+            (segnext | segformer | upernet | fcn | ocrnet | seaformer | afformer | cgrseg), `size`
+            (t/s/b/l | b0..b5 | t/b/l | r50/r101 | hr18/hr48 | b/l | b | b/l), `num_classes`, `ssa` (SSA classifier with its training teacher, or the plain
             1x1 baseline), `dropout` (None: the preset's), `drop_path`,
             `ssa_loss_weights`, `source` (keras_cv | keras_hub, SegFormer only), `image_size`,
             `seed`, and `backbone`/`head`/`auxiliary_head` dicts overriding the size preset (e.g. a
@@ -287,7 +305,12 @@ def _build_segmentor(config, preset, training, loss_resize_method):
     else:
         if loss_weights:
             raise RecipeError("model.ssa_loss_weights: only an SSA model (model.ssa: true) has these loss terms")
-        classifier = PixelClassifier(num_classes, dropout=dropout, name="classifier")
+        if config["family"] == "cgrseg":
+            from ssaseg_keras.models.heads.cgr_head import CGRBaselineClassifier
+
+            classifier = CGRBaselineClassifier(num_classes, dropout=dropout, name="classifier")
+        else:
+            classifier = PixelClassifier(num_classes, dropout=dropout, name="classifier")
     model = Segmentor(
         backbone,
         decode_head,

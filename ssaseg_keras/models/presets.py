@@ -11,7 +11,11 @@ default (`model.dropout` when the recipe does not set it; 0.1 where absent).
 
 from __future__ import annotations
 
+from ssaseg_keras.models.backbones.afformer import AFFORMER_LAYOUTS
+from ssaseg_keras.models.backbones.efficientformer_v2 import EFFICIENTFORMER_V2_LAYOUTS
 from ssaseg_keras.models.backbones.seaformer import SEAFORMER_LAYOUTS
+from ssaseg_keras.models.heads.aff_head import AFF_HEAD_PRESETS
+from ssaseg_keras.models.heads.cgr_head import CGRSEG_HEAD_LAYOUTS
 from ssaseg_keras.models.heads.light_head import LIGHT_HEAD_PRESETS
 
 SEGNEXT_PRESETS = {
@@ -118,6 +122,23 @@ SEAFORMER_PRESETS = {
     size: {"backbone": dict(SEAFORMER_LAYOUTS[size]), "head": dict(LIGHT_HEAD_PRESETS[size])} for size in ("b", "l")
 }
 
+# AFFormer (the reference's configs/AFFormer/AFFormer_base_*.py): the backbone layout and the CLS head
+# (SSA reads its `squeeze` of the last map; the reference's never-called `align` conv is left out).
+AFFORMER_PRESETS = {"b": {"backbone": dict(AFFORMER_LAYOUTS["b"]), "head": dict(AFF_HEAD_PRESETS["b"])}}
+
+# CGRSeg (the reference's configs/cgrseg/cgrseg-{b,l}_ade20k_160k.py): EfficientFormerV2-S2 / -L at the
+# configs' 512 resolution (its attention biases are resized for other inputs) and the CGRSeg head (SSA
+# reads `linear_fuse`; the baseline classifier runs the reference's second DPG stage).
+EFFICIENTFORMER_V2_ATTENTION = {"resolution": 512, "key_dim": 32, "num_heads": 8, "attn_ratio": 4,
+                                "downsample_key_dim": 16, "downsample_num_heads": 8, "downsample_attn_ratio": 4}  # fmt: skip
+CGRSEG_PRESETS = {
+    size: {
+        "backbone": {**EFFICIENTFORMER_V2_LAYOUTS[size], **EFFICIENTFORMER_V2_ATTENTION},
+        "head": dict(CGRSEG_HEAD_LAYOUTS[size]),
+    }
+    for size in ("b", "l")
+}
+
 PRESETS = {
     "segnext": SEGNEXT_PRESETS,
     "segformer": SEGFORMER_PRESETS,
@@ -125,6 +146,8 @@ PRESETS = {
     "fcn": FCN_PRESETS,
     "ocrnet": OCRNET_PRESETS,
     "seaformer": SEAFORMER_PRESETS,
+    "afformer": AFFORMER_PRESETS,
+    "cgrseg": CGRSEG_PRESETS,
 }
 FAMILIES = tuple(PRESETS)
 

@@ -3,6 +3,9 @@
     images (B, H, W, 3) --backbone--> [4 stage features] --decode_head--> F (B, h, w, C)
         --classifier--> logits (B, h, w, K) --bilinear, half-pixel--> (B, H, W, K) float32
 
+A decode head may also return [F, *extra] when its baseline classifier reads more than F (CGRSeg's
+second, DPG stage reads the map before linear_fuse): the classifier is then called on all of them.
+
 Outputs:
 - inference (`training=False`, `predict`): logits resized to the input image, (B, H, W, K) float32.
 - training (`training=True`, what `fit` feeds `compute_loss`): a dict with `logits` (the main logits
@@ -152,7 +155,11 @@ class Segmentor(keras.Model):
         if not self.decode_head.built:
             self.decode_head.build(feature_shapes)
         if not self.classifier.built:
-            self.classifier.build(self.decode_head.compute_output_shape(feature_shapes))
+            head_shapes = self.decode_head.compute_output_shape(feature_shapes)
+            if isinstance(head_shapes, list):  # F and the classifier's extra inputs (CGRSeg's baseline)
+                self.classifier.build(*head_shapes)
+            else:
+                self.classifier.build(head_shapes)
         for head in self.auxiliary_heads:
             if not head.built:
                 head.build(feature_shapes)
@@ -161,15 +168,27 @@ class Segmentor(keras.Model):
     # ----------------------------------------------------------------- forward
     def features(self, images, training=False):
         """The decode head's features F (B, h, w, C) for images (B, H, W, 3)."""
-        return self.decode(self.backbone(images, training=training), training=training)[0]
+        return _split_head_output(self.decode(self.backbone(images, training=training), training=training)[0])[0]
+
+    def feature_logits(self, images, training=False):
+        """The classifier's logits (B, h, w, K) at the features' resolution for images (B, H, W, 3)."""
+        decoded, _ = self.decode(self.backbone(images, training=training), training=training)
+        return self.classify(decoded, training=training)
 
     def decode(self, stages, training=False):
-        """(F, region logits or None): the decode head's features for the stage features, through the
-        region head first when the decode head is a cascade."""
+        """(head output, region logits or None): the decode head's output for the stage features,
+        through the region head first when the decode head is a cascade. The head output is F, or a
+        list [F, *extra] when the classifier reads more than F (CGRSeg's baseline: the map before
+        linear_fuse)."""
         if self.region_head is None:
             return self.decode_head(stages, training=training), None
         regions = self.region_head(stages, training=training)
         return self.decode_head(stages, regions, training=training), regions
+
+    def classify(self, decoded, training=False):
+        """The classifier's logits for a head output of `decode` (F, or [F, *extra])."""
+        features, extra = _split_head_output(decoded)
+        return self.classifier(features, *extra, training=training)
 
     def call(self, images, training=False):
         wrapper = self.__dict__.get("_training_forward")
@@ -178,20 +197,20 @@ class Segmentor(keras.Model):
             # DistributedDataParallel: `training.distribute.attach_ddp`); it calls back in here.
             return wrapper(images)
         stages = self.backbone(images, training=training)
-        features, regions = self.decode(stages, training=training)
+        decoded, regions = self.decode(stages, training=training)
         if training:
-            outputs = {"features": features}
+            outputs = {"features": _split_head_output(decoded)[0]}
             if regions is not None:
                 outputs[REGION_LOGITS] = regions
             if self.is_ssa:
-                student = self.classifier.forward_student(features, training=True)
+                student = self.classifier.forward_student(outputs["features"], training=True)
                 outputs.update(logits=student["refined_logits"], **student)
             else:
-                outputs["logits"] = self.classifier(features, training=True)
+                outputs["logits"] = self.classify(decoded, training=True)
             for index, head in enumerate(self.auxiliary_heads):
                 outputs[f"aux_logits_{index}"] = head(stages, training=True)
             return outputs
-        logits = self.classifier(features, training=False)
+        logits = self.classify(decoded, training=False)
         return resize_bilinear(ops.cast(logits, "float32"), ops.shape(images)[1:3], align_corners=False)
 
     # -------------------------------------------------------------------- loss
@@ -306,6 +325,13 @@ class Segmentor(keras.Model):
             for h in config.get("auxiliary_heads") or []
         ]
         return cls(**config)
+
+
+def _split_head_output(decoded):
+    """(F, [extra classifier inputs]) of a decode head's output (F, or a list [F, *extra])."""
+    if isinstance(decoded, (list, tuple)):
+        return decoded[0], list(decoded[1:])
+    return decoded, []
 
 
 def fixed_input_size(model):

@@ -267,8 +267,10 @@ class CGRSegHead(keras.layers.Layer):
         )
         for block in self.trans:
             pooled = block(pooled, training=training)
-        splits = [sum(self.in_channels[: i + 1]) for i in range(len(self.in_channels) - 1)]
-        global_parts = ops.split(pooled, splits, axis=-1)
+        # Channel slices rather than ops.split: torch's split copies its indices to the host, which
+        # fails on the "meta" tensors of Keras' symbolic (shape-only) calls.
+        bounds = [sum(self.in_channels[:i]) for i in range(len(self.in_channels) + 1)]
+        global_parts = [pooled[..., start:end] for start, end in zip(bounds[:-1], bounds[1:])]
         result = None
         for i in range(len(stages) - 1, -1, -1):
             local = stages[i]
