@@ -9,11 +9,10 @@ import os
 
 import numpy as np
 import pytest
-import yaml
 from conftest import BACKEND
 from test_export import run_main
 from test_models_upernet import tiny_upernet
-from test_training import NEXT_BACKEND, quiet, run_cli
+from test_training import quiet
 
 from ssaseg_keras.recipes import validate_recipe
 from ssaseg_keras.training.trainer import train
@@ -82,7 +81,10 @@ def export_and_check(tmp_path, work_dir):
 
 
 @pytest.mark.slow
-def test_tiny_upernet_swin_ssa_trains_exports_and_continues_on_another_backend(tmp_path):
+def test_tiny_upernet_swin_ssa_trains_and_exports(tmp_path):
+    """Swin + UPerHead + the auxiliary FCN head through the recipe path, and an export (the auxiliary
+    head left out of the served model). Resuming on another backend is family-independent code, run by
+    tests/test_training.py; the suite's time budget (CI: 40 minutes) leaves it out here."""
     recipe = recipe_of(tiny_upernet(ssa=True))
     work_dir = tmp_path / "wd"
     lines = []
@@ -91,15 +93,6 @@ def test_tiny_upernet_swin_ssa_trains_exports_and_continues_on_another_backend(t
     groups = [line for line in lines if line.strip().startswith("lr x")]
     assert groups and all(line.strip().startswith("lr x1 ") for line in groups)  # no head multiplier
     export_and_check(tmp_path, work_dir)
-    # The next backend resumes the run and evaluates the checkpoint (auxiliary head included).
-    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump({**recipe, "train": {**recipe["train"], "max_iters": 3}}))
-    other = NEXT_BACKEND[BACKEND]
-    done = run_cli("train", "tiny.yaml", "--work-dir", "wd", "--resume", cwd=tmp_path, backend=other)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "done: iteration 3" in done.stdout and "aux_ce" in done.stdout
-    done = run_cli("evaluate", "tiny.yaml", "--checkpoint", "wd", "--json", "eval.json", cwd=tmp_path, backend=other)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert json.loads((tmp_path / "eval.json").read_text())["num_images"] == 2
 
 
 @pytest.mark.slow
