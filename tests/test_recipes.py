@@ -39,6 +39,8 @@ def test_all_shipped_recipes_exist_and_validate():
     }
     expected |= {"fcn_r101_ade20k", "fcn_r101_coco"}
     expected |= {f"ocrnet_hr48_{d}" for d in ("ade20k", "coco", "pascal_context59")}
+    expected |= {f"{m}_{d}" for m in ("seaformer_b", "seaformer_l", "afformer_b") for d in ("ade20k", "coco", "pascal_context59")}
+    expected |= {"cgrseg_b_ade20k", "cgrseg_l_ade20k"}
     expected |= {f"{n}_baseline" for n in expected}
     assert expected <= names  # other recipes (e.g. a quickstart) may sit beside them
     for path in RECIPES:
@@ -78,6 +80,29 @@ def test_reference_schedule_of_the_upernet_swin_recipes():
     assert pc["model"]["num_classes"] == 59 and pc["data"]["crop_size"] == (480, 480) and pc["train"]["max_iters"] == 80000
     coco = load_recipe(os.path.join(REPO, "recipes", "upernet_swin_l_coco_baseline.yaml"))
     assert coco["model"]["num_classes"] == 171 and coco["model"]["ssa"] is False
+
+
+# The lightweight family (issue 20): the reference configs' AdamW settings and schedules.
+LIGHTWEIGHT = {  # name: (lr, custom keys, iterations, eval interval, pretrained file)
+    "seaformer_b_ade20k": (2.5e-4, {"pos_emb", "head", "norm"}, 160000, 4000, "SeaFormer_B_cls_76.4.pth"),
+    "seaformer_l_ade20k": (2.5e-4, {"pos_emb", "head", "norm"}, 160000, 4000, "SeaFormer_L_cls_79.9.pth"),
+    "afformer_b_ade20k": (3e-4, set(), 160000, 8000, "AFFormer_base_ImageNet1k_new.pth"),
+    "afformer_b_coco": (3e-4, set(), 80000, 4000, "AFFormer_base_ImageNet1k_new.pth"),
+    "cgrseg_b_ade20k": (1.2e-4, {"absolute_pos_embed", "head", "norm"}, 160000, 4000, "eformer_s2_450.pth"),
+    "cgrseg_l_ade20k": (1.2e-4, {"absolute_pos_embed", "head", "norm"}, 160000, 4000, "eformer_l_450.pth"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(LIGHTWEIGHT))
+def test_reference_schedule_of_the_lightweight_recipes(name):
+    lr, keys, iterations, interval, pretrained = LIGHTWEIGHT[name]
+    for twin in (name, f"{name}_baseline"):
+        recipe = load_recipe(os.path.join(REPO, "recipes", f"{twin}.yaml"))
+        model, train = recipe["model"], recipe["train"]
+        assert (train["optimizer"], train["lr"], train["weight_decay"], train["batch_size"]) == ("adamw", lr, 0.01, 16)
+        assert set(train["custom_keys"]) == keys and (train["custom_keys"].get("head") or {}).get("lr_mult", 10.0) == 10.0
+        assert (train["max_iters"], train["eval_interval"], train["warmup_iters"], train["poly_power"]) == (iterations, interval, 1500, 1.0)
+        assert model["pretrained"] == f"pretrained/{pretrained}" and model["dropout"] == 0.1
 
 
 @pytest.mark.parametrize(
