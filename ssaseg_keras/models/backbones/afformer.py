@@ -55,6 +55,7 @@ from ssaseg_keras.layers.drop_path import DropPath
 from ssaseg_keras.models.backbones.base import Backbone
 from ssaseg_keras.models.backbones.resnet import torch_pad
 from ssaseg_keras.models.heads.uper_head import adaptive_average_pool
+from ssaseg_keras.ops.activations import hardswish
 from ssaseg_keras.ops.resize import resize_bilinear
 
 BN_EPS = 1e-5
@@ -76,11 +77,6 @@ AFFORMER_LAYOUTS = {
     "t": {"num_layers": [1, 2, 4, 2], "embed_dims": [32, 64, 160, 216], "mlp_ratios": [2, 2, 2, 2],
           "num_heads": [8, 8, 8, 8], "num_path": [1, 1, 1, 1], "drop_path_rate": 0.0},
 }  # fmt: skip
-
-
-def hardswish(x):
-    """torch's Hardswish: x * relu6(x + 3) / 6."""
-    return x * ops.relu6(x + 3.0) / 6.0
 
 
 def conv_initializer():

@@ -61,6 +61,8 @@ import numpy as np
 from keras import ops
 
 from ssaseg_keras.layers.batch_norm import SyncBatchNormalization
+from ssaseg_keras.layers.building import built as _built
+from ssaseg_keras.layers.building import with_channels as _with_channels
 from ssaseg_keras.layers.drop_path import DropPath
 from ssaseg_keras.models.backbones.base import Backbone
 from ssaseg_keras.models.backbones.resnet import torch_pad
@@ -101,15 +103,6 @@ def gelu(x):
 
 def batch_norm(name, policy):
     return SyncBatchNormalization(epsilon=NORM_EPS, momentum=BN_MOMENTUM, dtype=policy, name=name)
-
-
-def _built(layer, shape):
-    layer.build(tuple(shape))
-    return layer
-
-
-def _with_channels(shape, channels):
-    return tuple(shape[:-1]) + (int(channels),)
 
 
 def _halved(shape, channels):

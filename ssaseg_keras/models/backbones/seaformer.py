@@ -51,6 +51,7 @@ from ssaseg_keras.layers.batch_norm import SyncBatchNormalization
 from ssaseg_keras.layers.drop_path import DropPath
 from ssaseg_keras.models.backbones.base import Backbone
 from ssaseg_keras.models.backbones.resnet import torch_pad
+from ssaseg_keras.ops.activations import h_sigmoid
 from ssaseg_keras.ops.resize import resize_bilinear
 
 NORM_EPS = 1e-5
@@ -106,11 +107,6 @@ def make_divisible(value, divisor=8, min_value=None):
     min_value = divisor if min_value is None else min_value
     rounded = max(min_value, int(value + divisor / 2) // divisor * divisor)
     return rounded + divisor if rounded < 0.9 * value else rounded
-
-
-def h_sigmoid(x):
-    """The reference's hard sigmoid: relu6(x + 3) / 6."""
-    return ops.relu6(x + 3.0) / 6.0
 
 
 def _activation(name):

@@ -43,8 +43,11 @@ import keras
 from keras import ops
 
 from ssaseg_keras.layers.batch_norm import SyncBatchNormalization
+from ssaseg_keras.layers.building import built as _built
+from ssaseg_keras.layers.building import with_channels as _with_channels
 from ssaseg_keras.models.heads.common import ConvNormAct
 from ssaseg_keras.models.heads.ocr_head import spatial_gather
+from ssaseg_keras.ops.activations import h_sigmoid
 from ssaseg_keras.ops.resize import resize_bilinear
 
 NORM_EPS = 1e-5
@@ -60,21 +63,8 @@ CGRSEG_HEAD_LAYOUTS = {
 }  # fmt: skip
 
 
-def h_sigmoid(x):
-    return ops.relu6(x + 3.0) / 6.0
-
-
 def batch_norm(name, policy):
     return SyncBatchNormalization(epsilon=NORM_EPS, momentum=BN_MOMENTUM, dtype=policy, name=name)
-
-
-def _built(layer, shape):
-    layer.build(tuple(shape))
-    return layer
-
-
-def _with_channels(shape, channels):
-    return tuple(shape[:-1]) + (int(channels),)
 
 
 def adaptive_average_pool_2d(x, out_height, out_width):

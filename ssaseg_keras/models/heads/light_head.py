@@ -21,6 +21,7 @@ from keras import ops
 
 from ssaseg_keras.layers.batch_norm import SyncBatchNormalization
 from ssaseg_keras.models.heads.common import ConvNormAct
+from ssaseg_keras.ops.activations import h_sigmoid
 from ssaseg_keras.ops.resize import resize_bilinear
 
 NORM_EPS = 1e-5
@@ -36,11 +37,6 @@ LIGHT_HEAD_PRESETS = {
 }
 LIGHT_HEAD_IN_CHANNELS = {"b": [64, 192, 256], "l": [128, 192, 256, 320]}
 CLASSIFIER_DROPOUT = 0.1  # the configs' dropout_ratio (the classifier's channel dropout)
-
-
-def h_sigmoid(x):
-    """relu6(x + 3) / 6."""
-    return ops.relu6(x + 3.0) / 6.0
 
 
 @keras.saving.register_keras_serializable(package="ssaseg_keras")
