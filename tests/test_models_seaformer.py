@@ -189,6 +189,27 @@ def test_mixed_precision_stays_close_to_float32(golden, tiny_model):
 FULL_SIZE_COUNTS = {"b": (8_485_664, 119_990), "l": (13_725_504, 226_006)}
 
 
+def test_imagenet_file_loads_its_ema_weights_as_the_reference_does(golden, tiny_model, tmp_path):
+    """A SeaFormer ImageNet file (timm's training checkpoint: `state_dict` and `state_dict_ema`, keys
+    without `backbone.`, a classifier) loads its EMA weights, as the reference's backbone does."""
+    import torch
+
+    from ssaseg_keras.convert import load_pretrained_backbone
+
+    ema = {k[len("backbone."):]: torch.as_tensor(v) for k, v in tiny_model["state"].items() if k.startswith("backbone.")}
+    trained = {k: v + 1.0 if v.is_floating_point() else v for k, v in ema.items()}
+    for weights in (ema, trained):
+        weights.update({"classifier.weight": torch.zeros(10, 16), "classifier.bias": torch.zeros(10)})
+    path = tmp_path / "SeaFormer_tiny_cls.pth.tar"
+    torch.save({"epoch": 1, "state_dict": trained, "state_dict_ema": ema}, path)
+    backbone, _ = build_tiny(golden)
+    report = load_pretrained_backbone(backbone, path, family="seaformer")
+    assert {"classifier.weight", "classifier.bias"} <= set(report.skipped)
+    assert len(report.loaded) == len(list(reference_mapping(backbone)))
+    for got, want in zip(backbone.weights, tiny_model["backbone"].weights):
+        np.testing.assert_array_equal(to_numpy(got), to_numpy(want), err_msg=got.path)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("size", ["b", "l"])
 def test_full_size_parameter_counts_are_the_references(size):

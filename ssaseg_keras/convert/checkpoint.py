@@ -21,8 +21,9 @@ PRETRAINED_IGNORED = ("head.*", "head", "classifier.*", "fc.*")
 MODEL_PREFIXES = ("backbone.", "decode_head.", "auxiliary_head.")
 
 
-def read_torch_checkpoint(path) -> dict:
-    """The name -> numpy array dict of a `.pth` file (its `state_dict`, `model` or top-level dict).
+def read_torch_checkpoint(path, state_keys=("state_dict", "model")) -> dict:
+    """The name -> numpy array dict of a `.pth` file: the first of its `state_keys` entries that is a
+    dict (`state_dict`, then `model`), else its top-level dict.
 
     Raises:
         CheckpointError when the file is missing, unreadable or holds no tensors; UserError when
@@ -47,7 +48,7 @@ def read_torch_checkpoint(path) -> dict:
             "download; files that need code execution to load are refused."
         ) from error
     if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
+        for key in state_keys:
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
@@ -130,7 +131,10 @@ def load_pretrained_backbone(model, path, family="segnext", strict=True):
         from ssaseg_keras.convert.segformer import load_mit_weights
 
         return load_mit_weights(backbone, path)
-    state = read_torch_checkpoint(path)
+    # SeaFormer's ImageNet files (timm training checkpoints) hold the trained and the EMA weights; the
+    # reference's backbone loads the EMA ones when present.
+    state_keys = ("state_dict_ema", "state_dict", "model") if family == "seaformer" else ("state_dict", "model")
+    state = read_torch_checkpoint(path, state_keys=state_keys)
     if family == "cgrseg":
         from ssaseg_keras.convert.cgrseg import load_efficientformer_v2_pretrained
 
