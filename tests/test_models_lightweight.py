@@ -116,6 +116,18 @@ def test_full_size_parameter_counts_are_the_references(family_size):
     assert count_parameters(plain.trainable_variables) == baseline
 
 
+def test_cgrseg_baseline_segmentor_round_trips_and_deploys(tmp_path):
+    """The Segmentor whose head hands its classifier a second map: a .keras round trip and
+    `inference_model` give the same logits."""
+    model = build_segmentor(tiny_model_config("cgrseg", ssa=False), training=True)
+    images = np.random.default_rng(0).normal(size=(1, 64, 96, 3)).astype("float32")
+    expected = to_numpy(model(images, training=False))
+    model.save(tmp_path / "cgrseg.keras")
+    reloaded = keras.saving.load_model(tmp_path / "cgrseg.keras")
+    np.testing.assert_array_equal(to_numpy(reloaded(images, training=False)), expected)
+    np.testing.assert_array_equal(to_numpy(inference_model(model)(images, training=False)), expected)
+
+
 def test_cgrseg_baseline_serves_through_its_two_input_classifier():
     """The export's serving signature on CGRSeg's baseline, whose classifier also reads the head's map
     before linear_fuse: the served labels are the model's."""
