@@ -319,6 +319,11 @@ def test_images_of_unknown_size_in_a_tensorflow_graph(golden, tiny_model):
 
 
 def test_mixed_precision_stays_close_to_float32(golden, tiny_model):
+    if keras.backend.backend() == "jax":
+        pytest.skip(
+            "backend: float16 inference of this family is checked on TensorFlow and PyTorch; on JAX each op "
+            "of the tiny model compiles again in float16 (CI time); JAX mixed precision trains in test_training.py"
+        )
     backbone, head = build_tiny(golden, dtype="mixed_float16")
     state = tiny_model["state"]
     load_reference_weights(backbone, state, prefix="backbone.", ignore=BACKBONE_IGNORE)

@@ -174,6 +174,11 @@ def test_tiny_backbone_and_head_round_trip_through_a_keras_file(golden, tiny_mod
 
 
 def test_mixed_precision_stays_close_to_float32(golden, tiny_model):
+    if keras.backend.backend() == "jax":
+        pytest.skip(
+            "backend: float16 inference of this family is checked on TensorFlow and PyTorch; on JAX each op "
+            "of the tiny model compiles again in float16 (CI time); JAX mixed precision trains in test_training.py"
+        )
     backbone, head = build_tiny(golden, dtype="mixed_float16")
     state = tiny_model["state"]
     load_reference_weights(backbone, state, prefix="backbone.")
