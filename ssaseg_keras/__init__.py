@@ -7,7 +7,14 @@ TensorFlow (unless TensorFlow is the backend): TensorFlow is needed only by the 
 TensorBoard logs and the SavedModel export, which import it when used.
 """
 
+import keras as _keras
+
 from ssaseg_keras.version import __version__
+
+if _keras.backend.backend() == "torch":  # Keras' PyTorch convolutions without layout copies
+    from ssaseg_keras.ops import torch_layout as _torch_layout
+
+    _torch_layout.install_from_environment()
 
 # Registration happens on import; the reference-name mappings (`convert`) ride along, so parameter
 # groups and checkpoint conversion find them whatever was imported first.

@@ -60,6 +60,10 @@ TRAIN_DEFAULTS = {
     # How the losses upsample logits to label size: dense interpolation matmuls or two-tap gathers.
     # The same numbers either way (a speed choice per device; see BENCHMARKS.md).
     "loss_resize": "matmul",
+    # PyTorch: compile the losses' image-size terms with torch.compile (fused passes; one compile per
+    # input shape, tens of seconds, and torch's inductor toolchain). JAX and TensorFlow compile the
+    # whole training step anyway, so there it changes nothing.
+    "compile_loss": False,
     # Data-parallel devices: auto (every local accelerator; PyTorch: the processes torchrun
     # started), or N. batch_size stays the global batch (README, "Training on several GPUs").
     "devices": "auto",
@@ -260,6 +264,7 @@ def validate_train(section):
         cfg["betas"] = [_number(b, "train.betas", 0.0, 0.999999) for b in betas]
     cfg["precision"] = _choice(cfg["precision"], "train.precision", PRECISIONS)
     cfg["loss_resize"] = _choice(cfg["loss_resize"], "train.loss_resize", RESIZE_METHODS)
+    cfg["compile_loss"] = _bool(cfg["compile_loss"], "train.compile_loss")
     devices = cfg["devices"]
     if devices != "auto" and (isinstance(devices, bool) or not isinstance(devices, int) or devices < 1):
         raise _fail("train.devices", f"must be auto or a number of devices >= 1, got {devices!r}")

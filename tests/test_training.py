@@ -199,10 +199,13 @@ def test_grouped_adamw_refuses_variables_without_a_group():
 def test_fit_reports_every_term_the_loss_falls_and_evaluate_runs():
     """The recipe's training model (GroupedAdamW, its schedule) under plain `fit` / `evaluate`: every
     loss term is logged, and the loss on one fixed batch falls. (Keras compiles one training step for
-    `fit` and `train_on_batch` alike, so this also covers the trainer's steps.)"""
+    `fit` and `train_on_batch` alike, so this also covers the trainer's steps.) With
+    `train.compile_loss`: on PyTorch the image-size loss terms train through torch.compile here."""
     from ssaseg_keras.losses import LOSS_TERMS
 
-    model = build_training_model(tiny_recipe(lr=2e-3, warmup_iters=0, max_iters=100), load_pretrained=False)
+    recipe = tiny_recipe(lr=2e-3, warmup_iters=0, max_iters=100, compile_loss=True)
+    model = build_training_model(recipe, load_pretrained=False)
+    assert model.compile_pixel_losses is True
     rng = np.random.default_rng(0)
     images = rng.normal(size=(2, 32, 32, 3)).astype("float32")
     labels = np.zeros((2, 32, 32), "int32")

@@ -34,7 +34,9 @@ def format_report(report):
         f"backend {c['backend']} {c['backend_version']}  keras {c['keras_version']}  device {c['device']}",
         f"devices {c.get('devices', 1)} ({c.get('engine', 'single device')})  "
         f"precision {c['precision']}  global batch {c['batch']}  size {c['image_size'][0]}x{c['image_size'][1]}  "
-        f"median of {c['iters']} after {c['warmup']} warm-up  loss upsampling {c.get('loss_resize', 'matmul')}",
+        f"median of {c['iters']} after {c['warmup']} warm-up  loss upsampling {c.get('loss_resize', 'matmul')}"
+        + ("  compiled loss terms" if c.get("compile_loss") and c["backend"] == "torch" else "")
+        + (f"  conv layout {c['torch_conv_layout']}" if c.get("torch_conv_layout") else ""),
         "",
     ]
     main_name = "SSA" if models["model"]["ssa"] else "model"

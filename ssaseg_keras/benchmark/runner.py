@@ -26,6 +26,15 @@ from ssaseg_keras.utils.errors import UserError
 from ssaseg_keras.utils.variables import count_parameters
 
 
+def torch_conv_layout():
+    """PyTorch: which layout Keras' convolutions run with (`ops.torch_layout`); None on other backends."""
+    if keras.backend.backend() != "torch":
+        return None
+    from ssaseg_keras.ops import torch_layout
+
+    return torch_layout.layout_in_use()
+
+
 def random_batch(batch, size, num_classes, seed=0):
     """Images (B, H, W, 3) float32 ~ N(0, 1) and labels (B, H, W) int32 made of random rectangular
     blobs of classes, about 5% of them ignore (255)."""
@@ -252,6 +261,8 @@ def benchmark(
         "device": description,
         "precision": precision,
         "loss_resize": recipe["train"]["loss_resize"],
+        "compile_loss": bool(recipe["train"]["compile_loss"]),
+        "torch_conv_layout": torch_conv_layout(),
         "batch": batch,
         "image_size": list(size),
         "devices": plan.devices if plan is not None else 1,

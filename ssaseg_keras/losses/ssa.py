@@ -29,6 +29,7 @@ from ssaseg_keras.losses.segmentation import (
     label_one_hot,
     safe_labels,
 )
+from ssaseg_keras.ops.compile import compiled_for_backend
 from ssaseg_keras.ops.resize import downsample_labels, resize_bilinear, resize_bilinear_at
 
 LOSS_TERMS = (
@@ -193,7 +194,9 @@ def full_loss_weights(weights=None):
     return {**DEFAULT_SSA_LOSS_WEIGHTS, **{k: float(v) for k, v in (weights or {}).items()}}
 
 
-def ssa_loss_terms(classifier, features, labels, student=None, resize_method="matmul", weights=None):
+def ssa_loss_terms(
+    classifier, features, labels, student=None, resize_method="matmul", weights=None, compile_pixel_terms=False
+):
     """All eight SSA-Seg training losses.
 
     Args:
@@ -206,6 +209,9 @@ def ssa_loss_terms(classifier, features, labels, student=None, resize_method="ma
         resize_method: how logits are upsampled to label size (`resize_bilinear`'s `method`: the
             same sampling either way; `benchmarks/loss_step.py --resize` compares their speed).
         weights: {term: weight} overriding `DEFAULT_SSA_LOSS_WEIGHTS` (the reference's).
+        compile_pixel_terms: run `pixel_loss_terms` through the backend's compiler where the step
+            is not compiled as a whole (`compiled_for_backend`: torch.compile on PyTorch; the recipe's
+            `train.compile_loss`). The same terms.
 
     Returns:
         dict of the eight weighted float32 scalars named in `LOSS_TERMS`; their sum is the
@@ -214,12 +220,39 @@ def ssa_loss_terms(classifier, features, labels, student=None, resize_method="ma
     weights = full_loss_weights(weights)
     if student is None:
         student = classifier.forward_student(features, training=False)
-    label_size = (int(labels.shape[1]), int(labels.shape[2]))
     labels = ops.cast(labels, "int32")
     labels_small = downsample_labels(labels, student["refined_logits"].shape[1:3])
     teacher = classifier.forward_teacher(features, student["feat_pos"], labels_small)
 
-    refined, coarse, teacher_logits = student["refined_logits"], student["coarse_logits"], teacher["logits"]
+    refined, teacher_logits = student["refined_logits"], teacher["logits"]
+    pixel_terms = compiled_for_backend(pixel_loss_terms) if compile_pixel_terms else pixel_loss_terms
+    terms = {
+        **pixel_terms(refined, student["coarse_logits"], teacher_logits, labels, resize_method),
+        "response_distill": response_distillation(refined, teacher_logits, labels_small),
+        "semantic_distill": semantic_distillation(
+            student["semantic_prototypes"], teacher["semantic"], classifier.scale, weights["semantic_distill"]
+        ),
+        "spatial_distill": spatial_distillation(
+            student["spatial_prototypes"], teacher["spatial"], weights["spatial_distill"]
+        ),
+    }
+    weighted_inside = ("semantic_distill", "spatial_distill")
+    return {
+        name: terms[name] if name in weighted_inside or weights[name] == 1.0 else terms[name] * weights[name]
+        for name in LOSS_TERMS
+    }
+
+
+def pixel_loss_terms(refined, coarse, teacher_logits, labels, resize_method="matmul"):
+    """SSA-Seg's five terms at label (image) size, unweighted: main_ce, coarse_ce, teacher_ce,
+    dice_refined, dice_teacher.
+
+    They read four upsamplings of the (B, h, w, K) float32 logits R, M, T (R with half-pixel centres;
+    R, M, T with align_corners) -- the image-size maps that dominate SSA's extra training cost -- and
+    nothing else, so this is the one piece `ssa_loss_terms(compile_pixel_terms=True)` hands to the
+    backend's compiler. labels: (B, Hy, Wy) int32.
+    """
+    label_size = (int(labels.shape[1]), int(labels.shape[2]))
     num_classes = refined.shape[-1]
     label_index = safe_labels(labels, num_classes)
 
@@ -235,30 +268,20 @@ def ssa_loss_terms(classifier, features, labels, student=None, resize_method="ma
     coarse_up, coarse_picked = upsampled(coarse, align_corners=True)
     teacher_up, teacher_picked = upsampled(teacher_logits, align_corners=True)
     class_counts = class_pixel_counts(labels, num_classes)
-    terms = {
+    return {
         "main_ce": cross_entropy(refined_main, labels, "all", picked=refined_main_picked),
         "coarse_ce": cross_entropy(coarse_up, labels, "valid", picked=coarse_picked),
         "teacher_ce": cross_entropy(teacher_up, labels, "valid", picked=teacher_picked),
-        "response_distill": response_distillation(refined, teacher_logits, labels_small),
         "dice_refined": dice_loss(refined_up, labels, class_counts, picked=refined_picked),
         "dice_teacher": dice_loss(teacher_up, labels, class_counts, picked=teacher_picked),
-        "semantic_distill": semantic_distillation(
-            student["semantic_prototypes"], teacher["semantic"], classifier.scale, weights["semantic_distill"]
-        ),
-        "spatial_distill": spatial_distillation(
-            student["spatial_prototypes"], teacher["spatial"], weights["spatial_distill"]
-        ),
-    }
-    weighted_inside = ("semantic_distill", "spatial_distill")
-    return {
-        name: value if name in weighted_inside or weights[name] == 1.0 else value * weights[name]
-        for name, value in terms.items()
     }
 
 
-def baseline_loss_terms(logits, labels, resize_method="matmul"):
+def baseline_loss_terms(logits, labels, resize_method="matmul", compile_pixel_terms=False):
     """The plain classifier's loss (mmseg 0.30 decode head): half-pixel upsampling, CE over all pixels.
-    `resize_method` as in `ssa_loss_terms`."""
+    `resize_method` and `compile_pixel_terms` as in `ssa_loss_terms`."""
+    if compile_pixel_terms:
+        return compiled_for_backend(baseline_loss_terms)(logits, labels, resize_method)
     label_size = (int(labels.shape[1]), int(labels.shape[2]))
     logits = ops.cast(logits, "float32")
     picked = resize_bilinear_at(logits, safe_labels(labels, logits.shape[-1]), label_size)

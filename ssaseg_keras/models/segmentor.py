@@ -123,6 +123,9 @@ class Segmentor(keras.Model):
         if loss_resize_method not in RESIZE_METHODS:
             raise ValueError(f"loss_resize_method must be one of {RESIZE_METHODS}, got {loss_resize_method!r}")
         self.loss_resize_method = loss_resize_method
+        # An execution option, not part of the model (not saved): the trainer sets it from the
+        # recipe's train.compile_loss (`ops.compile.compiled_for_backend`).
+        self.compile_pixel_losses = False
         if self.is_ssa:
             try:
                 self.ssa_loss_weights = full_loss_weights(ssa_loss_weights)
@@ -220,8 +223,9 @@ class Segmentor(keras.Model):
         if len(labels.shape) == 4:
             labels = labels[..., 0]
         method = self.loss_resize_method
+        options = {"resize_method": method, "compile_pixel_terms": self.compile_pixel_losses}
         if not isinstance(y_pred, dict):  # inference output: image-size logits
-            return baseline_loss_terms(y_pred, labels, resize_method=method)
+            return baseline_loss_terms(y_pred, labels, **options)
         if self.is_ssa:
             student = {
                 k: v
@@ -233,19 +237,19 @@ class Segmentor(keras.Model):
                 y_pred["features"],
                 labels,
                 student=student,
-                resize_method=method,
                 weights=self.ssa_loss_weights,
+                **options,
             )
         else:
-            terms = baseline_loss_terms(y_pred["logits"], labels, resize_method=method)
+            terms = baseline_loss_terms(y_pred["logits"], labels, **options)
         if self.auxiliary_heads:  # mmseg: loss_weight x the plain decode-head cross-entropy, per head
             terms["aux_ce"] = sum(
                 head.loss_weight
-                * baseline_loss_terms(y_pred[f"{AUX_PREFIX}{index}"], labels, resize_method=method)["main_ce"]
+                * baseline_loss_terms(y_pred[f"{AUX_PREFIX}{index}"], labels, **options)["main_ce"]
                 for index, head in enumerate(self.auxiliary_heads)
             )
         if self.region_head is not None:  # mmseg: the first cascade stage's loss_weight x its CE
-            ce = baseline_loss_terms(y_pred[REGION_LOGITS], labels, resize_method=method)["main_ce"]
+            ce = baseline_loss_terms(y_pred[REGION_LOGITS], labels, **options)["main_ce"]
             terms["region_ce"] = self.region_head.loss_weight * ce
         return terms
 

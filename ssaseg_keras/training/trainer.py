@@ -61,6 +61,7 @@ def build_training_model(recipe, load_pretrained=True):
         model.pretrained_source = f"keras-hub preset {model.backbone.preset}"
         names = dict.fromkeys(name for name, _, _ in reference_mapping(model.backbone, prefix="backbone."))
         model.pretrained_report = LoadReport(loaded=list(names))
+    model.compile_pixel_losses = recipe["train"]["compile_loss"]
     optimizer = build_optimizer(model, recipe["train"])
     model.compile(optimizer=optimizer, jit_compile="auto")
     return model
