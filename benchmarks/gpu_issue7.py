@@ -72,8 +72,10 @@ def command_for(step, args, out):
         method = faster_method(os.path.join(out, f"loss_{backend}.json")) or "matmul"
     path = os.path.join(out, f"{backend}_{precision}.json")
     cli = "from ssaseg_keras_cli.main import main; main()"
+    compiled = ["--set", "train.compile_loss=true"] if args.compile_loss and backend == "torch" else []
     return backend, path, [sys.executable, "-c", cli, "benchmark", RECIPE, *sizes, "--size", str(args.size),
-                           "--precision", precision, "--set", f"train.loss_resize={method}", "--json", path]  # fmt: skip
+                           "--precision", precision, "--set", f"train.loss_resize={method}", *compiled,
+                           "--json", path]  # fmt: skip
 
 
 def summary_lines(out, steps):
@@ -113,6 +115,8 @@ def main(argv=None):
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--loss-resize", choices=("auto", "matmul", "gather"), default="auto")
+    parser.add_argument("--compile-loss", action="store_true",
+                        help="PyTorch steps: train.compile_loss=true (the loss terms through torch.compile)")  # fmt: skip
     args = parser.parse_args(argv)
     for step in args.steps:
         parse_step(step)
