@@ -78,28 +78,3 @@ def test_bilinear_at_picks_the_resized_channel_like_torch(size, align_corners):
     np.testing.assert_allclose(value, float((picked * torch.tensor(weights)).sum()), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grad, xt.grad.numpy(), atol=1e-5)
 
-
-@pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize("in_size, size", [((12, 14), (96, 112)), ((16, 10), (32, 40)), ((10, 9), (40, 36))])
-def test_banded_upsampling_matches_torch_with_its_gradient(in_size, size, align_corners):
-    """Upsampling by 2-8x runs the interpolation matrix's band (`interpolation_band`): torch's values
-    and input gradient."""
-    from conftest import value_and_grad
-    from keras import ops
-
-    from ssaseg_keras.ops.resize import interpolation_band
-
-    assert all(interpolation_band(i, o, align_corners) is not None for i, o in zip(in_size, size))
-    rng = np.random.default_rng(4)
-    x = rng.normal(size=(2, *in_size, 3)).astype("float32")
-    weights = rng.normal(size=(2, *size, 3)).astype("float32")
-    xt = torch.tensor(x, requires_grad=True)
-    expected = torch.nn.functional.interpolate(
-        xt.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=align_corners
-    ).permute(0, 2, 3, 1)
-    (expected * torch.tensor(weights)).sum().backward()
-    value, grad = value_and_grad(
-        lambda v: ops.sum(resize_bilinear(v, size, align_corners) * ops.convert_to_tensor(weights)), x
-    )
-    np.testing.assert_allclose(to_numpy(resize_bilinear(x, size, align_corners)), expected.detach().numpy(), atol=2e-6)
-    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-5, atol=1e-5)  # sums of up to 64 terms

@@ -1,8 +1,7 @@
 """Resizes that reproduce PyTorch's `F.interpolate` exactly, on every Keras backend.
 
 Bilinear resizing is written as two small interpolation matrices (built from the static shapes,
-constant-folded by the compilers) applied as matmuls: out = A_h @ x @ A_w^T (when upsampling, only
-the band of A around its diagonal: `interpolation_band`). This gives bit-for-bit the same
+constant-folded by the compilers) applied as matmuls: out = A_h @ x @ A_w^T. This gives bit-for-bit the same
 sampling positions as torch's `align_corners=False` (half-pixel centres, no antialiasing, clamped
 at the border) and `align_corners=True` on TensorFlow, JAX and PyTorch alike, is differentiable,
 compiles to matmuls, and works for up- and down-sampling. (`keras.ops.image.resize` antialiases
@@ -73,10 +72,9 @@ def resize_bilinear(x, size, align_corners: bool = False, method: str = "matmul"
         size: (out_H, out_W): Python ints, or dynamic sizes (e.g. `ops.shape(y)[1:3]` in a graph
             with unknown sizes; `resize_logits` then, whatever the method).
         align_corners: torch's `align_corners` (False = half-pixel centres).
-        method: "matmul" (per axis, matmuls with the interpolation matrix: when upsampling, cut
-            into bands of a few input rows, `interpolation_band`, so ~3 multiply-adds per output
-            value; dense otherwise) or "gather" (two taps per axis: element-wise ops that a
-            compiler may fuse into the consumer). The same sampling; see BENCHMARKS.md.
+        method: "matmul" (two dense interpolation matmuls: tensor cores, no gathers, but about
+            in_size/2 times the multiply-adds) or "gather" (two taps per axis: element-wise ops
+            that a compiler may fuse into the consumer). The same sampling; see BENCHMARKS.md.
 
     Returns:
         (B, out_H, out_W, C) tensor in x's dtype (cast logits to float32 first when they feed a
@@ -94,16 +92,18 @@ def resize_bilinear(x, size, align_corners: bool = False, method: str = "matmul"
         return x
     if method == "gather":
         return _resize_by_taps(x, (in_h, in_w), (out_h, out_w), align_corners)
+    rows = ops.cast(bilinear_matrix(in_h, out_h, align_corners), x.dtype)
+    cols = ops.cast(bilinear_matrix(in_w, out_w, align_corners), x.dtype)
     # Each axis is one broadcast matmul over a contiguous (B, in, W*C) view. The width axis needs the
     # tensor transposed; transpose where it is smaller: before the height axis when upsampling (so
     # an image-size tensor is never transposed or copied), after it when downsampling.
     width_first = in_h <= out_h
     if width_first and in_w != out_w:
-        x = _resize_width(x, in_w, out_w, align_corners)
+        x = _resize_width(x, cols)
     if in_h != out_h:
-        x = _resize_height(x, in_h, out_h, align_corners)
+        x = _resize_height(x, rows)
     if not width_first and in_w != out_w:
-        x = _resize_width(x, in_w, out_w, align_corners)
+        x = _resize_width(x, cols)
     return x
 
 
@@ -121,84 +121,18 @@ def _interpolate_axis(x, axis, lo, hi, frac):
     return ops.take(x, lo, axis=axis) * (1.0 - frac) + ops.take(x, hi, axis=axis) * frac
 
 
-def _bilinear_matrix_numpy(in_size: int, out_size: int, align_corners: bool):
-    """`bilinear_matrix` in NumPy, with the same float32 arithmetic (the same weights, bit for bit)."""
-    dst = np.arange(out_size, dtype=np.float32)
-    if align_corners:
-        src = dst * np.float32(_float32_scalar((in_size - 1) / (out_size - 1)) if out_size > 1 else 0.0)
-    else:
-        src = np.maximum((dst + np.float32(0.5)) * np.float32(_float32_scalar(in_size / out_size)) - np.float32(0.5), np.float32(0))
-    lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
-    hi = np.minimum(lo + 1, in_size - 1)
-    frac = (src - lo.astype(np.float32)).astype(np.float32)
-    matrix = np.zeros((out_size, in_size), np.float32)
-    rows = np.arange(out_size)
-    matrix[rows, lo] = np.float32(1) - frac
-    matrix[rows, hi] += frac
-    return matrix
-
-
-_BANDS = {}
-
-
-def interpolation_band(in_size: int, out_size: int, align_corners: bool):
-    """The upsampling matrix of one axis cut into bands, or None where the dense matmul is as cheap.
-
-    Output rows are taken in blocks of `block` consecutive rows; the taps of a block fall in a window
-    of `window` consecutive input rows. Returns (index, weights): index, int32 (blocks * window,), the
-    input rows of each block's window; weights, float32 (blocks, block, window), the matrix's entries
-    there (the same numbers). Upsampling by r then costs ~`window` (2-3) multiply-adds per output
-    value instead of the dense matmul's in_size (32 at 64 -> 512), and reads each input row a few times.
-    """
-    key = (int(in_size), int(out_size), bool(align_corners))
-    if key not in _BANDS:  # a plain dict, not lru_cache: torch.compile traces through either, silently here
-        _BANDS[key] = _interpolation_band(*key)
-    return _BANDS[key]
-
-
-def _interpolation_band(in_size, out_size, align_corners):
-    if out_size <= in_size or in_size < 2:
-        return None
-    matrix = _bilinear_matrix_numpy(in_size, out_size, align_corners)
-    ratio = -(-out_size // in_size)
-    block = max(d for d in range(1, ratio + 1) if out_size % d == 0)
-    blocks = out_size // block
-    used = (matrix.reshape(blocks, block, in_size) != 0).any(axis=1)  # (blocks, in): every row has a tap
-    first = used.argmax(axis=1)
-    last = in_size - 1 - used[:, ::-1].argmax(axis=1)
-    window = int((last - first).max()) + 1
-    # Dense: out * in multiply-adds per column; banded: out * window, plus the windows' gather.
-    if out_size * window + blocks * window >= out_size * in_size // 2:
-        return None
-    start = np.minimum(first, in_size - window)
-    index = start[:, None].astype(np.int64) + np.arange(window, dtype=np.int64)[None, :]
-    weights = np.take_along_axis(
-        matrix.reshape(blocks, block, in_size), np.broadcast_to(index[:, None, :], (blocks, block, window)), axis=2
-    )
-    return index.reshape(-1).astype(np.int32), np.ascontiguousarray(weights, dtype=np.float32)
-
-
-def _resize_height(x, in_size, out_size, align_corners):
-    """(B, H, W, C) -> (B, out, W, C) along the height axis, as matmuls over the contiguous
-    (B, H, W*C) view (no transpose, no copy of x): banded when upsampling (`interpolation_band`),
-    else one dense (out, H) interpolation matrix."""
+def _resize_height(x, matrix):
+    """(B, H, W, C) -> (B, out, W, C) by an (out, H) interpolation matrix, as one matmul over the
+    contiguous (B, H, W*C) view (no transpose, no copy of x)."""
     width, channels = x.shape[2], x.shape[3]
-    flat = ops.reshape(x, (-1, in_size, width * channels))
-    band = interpolation_band(in_size, out_size, align_corners)
-    if band is None:
-        matrix = ops.cast(bilinear_matrix(in_size, out_size, align_corners), x.dtype)
-        return ops.reshape(ops.matmul(matrix, flat), (-1, out_size, width, channels))
-    index, weights = band
-    blocks, block, window = weights.shape
-    windows = ops.reshape(ops.take(flat, index, axis=1), (-1, blocks, window, width * channels))
-    out = ops.matmul(ops.cast(weights, x.dtype), windows)  # (B, blocks, block, W*C)
-    return ops.reshape(out, (-1, out_size, width, channels))
+    flat = ops.reshape(x, (-1, x.shape[1], width * channels))
+    return ops.reshape(ops.matmul(matrix, flat), (-1, matrix.shape[0], width, channels))
 
 
-def _resize_width(x, in_size, out_size, align_corners):
+def _resize_width(x, matrix):
     """(B, H, W, C) -> (B, H, out, C): `_resize_height` between two transposes of H and W."""
     swapped = ops.transpose(x, (0, 2, 1, 3))
-    return ops.transpose(_resize_height(swapped, in_size, out_size, align_corners), (0, 2, 1, 3))
+    return ops.transpose(_resize_height(swapped, matrix), (0, 2, 1, 3))
 
 
 def resize_bilinear_at(x, channel, size, align_corners: bool = False):
