@@ -1,9 +1,9 @@
 """The lightweight family through the recipe path (issue 20): each golden reference checkpoint converts
 strictly into the model `build_segmentor` makes from a recipe and gives the reference's logits; the
 full-size models have the reference's exact parameter counts; a tiny model of each family trains
-and evaluates (resume and export are family-independent code, run end to end by the UperNet and
-OCRNet tests; CGRSeg's baseline, whose classifier reads a second map, is round-tripped and its
-serving signature traced here). (Part-by-part parity is in tests/test_models_<family>.py.)
+and evaluates (resume and export are family-independent code: resume runs in tests/test_training.py
+and FCN's run, export in UperNet's and OCRNet's; CGRSeg's baseline, whose classifier reads a second
+map, is round-tripped and its serving signature traced here). (Part-by-part parity is in tests/test_models_<family>.py.)
 """
 
 from __future__ import annotations

@@ -77,4 +77,3 @@ def test_bilinear_at_picks_the_resized_channel_like_torch(size, align_corners):
     np.testing.assert_allclose(to_numpy(resize_bilinear_at(x, channel, size, align_corners)), picked.detach().numpy(), atol=2e-6)
     np.testing.assert_allclose(value, float((picked * torch.tensor(weights)).sum()), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grad, xt.grad.numpy(), atol=1e-5)
-

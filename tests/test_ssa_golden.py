@@ -119,11 +119,20 @@ def test_canny_edges_equal_opencv_on_random_label_maps():
 
 
 @pytest.mark.parametrize("resize_method, compiled", [("matmul", False), ("gather", False), ("matmul", True)])
-def test_feature_gradient_matches_reference(golden_head, golden_layer, resize_method, compiled):
+def test_feature_gradient_matches_reference(golden_head, golden_layer, resize_method, compiled, monkeypatch):
     """compiled: the image-size terms through torch.compile (inductor), as `train.compile_loss` runs them."""
     if compiled and BACKEND != "torch":
         pytest.skip("backend: only PyTorch compiles the loss terms apart (XLA compiles the whole step)")
     labels = golden_head["input/labels"].astype("int32")
+    compiled_functions = []
+    if compiled:
+        import torch
+
+        from ssaseg_keras.ops import compile as compile_module
+
+        real_compile = torch.compile
+        monkeypatch.setattr(compile_module, "_compiled", {})  # a fresh compile, seen by the spy
+        monkeypatch.setattr(torch, "compile", lambda fn, **kw: compiled_functions.append(fn) or real_compile(fn, **kw))
 
     def total_loss(features):
         terms = ssa_loss_terms(
@@ -132,6 +141,10 @@ def test_feature_gradient_matches_reference(golden_head, golden_layer, resize_me
         return ops.sum(ops.stack(list(terms.values())))
 
     value, grad = value_and_grad(total_loss, nchw_to_nhwc(golden_head["input/feat"]))
+    if compiled:
+        from ssaseg_keras.losses.ssa import pixel_loss_terms
+
+        assert compiled_functions == [pixel_loss_terms]
     assert abs(float(value) - float(golden_head["loss/total"])) <= 1e-5 * float(golden_head["loss/total"])
     ref = nchw_to_nhwc(golden_head["out/grad_feat"])
     assert np.isfinite(grad).all()

@@ -206,6 +206,8 @@ def test_fit_reports_every_term_the_loss_falls_and_evaluate_runs():
     recipe = tiny_recipe(lr=2e-3, warmup_iters=0, max_iters=100, compile_loss=True)
     model = build_training_model(recipe, load_pretrained=False)
     assert model.compile_pixel_losses is True
+    from ssaseg_keras.losses.ssa import pixel_loss_terms
+    from ssaseg_keras.ops import compile as compile_module
     rng = np.random.default_rng(0)
     images = rng.normal(size=(2, 32, 32, 3)).astype("float32")
     labels = np.zeros((2, 32, 32), "int32")
@@ -221,6 +223,7 @@ def test_fit_reports_every_term_the_loss_falls_and_evaluate_runs():
         assert len(history[name]) == 8 and np.isfinite(history[name]).all(), name
     losses = history["loss"]
     assert losses[-1] < 0.8 * losses[0], losses
+    assert (pixel_loss_terms in compile_module._compiled) == (BACKEND == "torch")  # the flag reached the loss
     # Keras' `evaluate` (the task's `evaluate_loss`, on preprocessed images) runs the inference
     # model: only `main_ce` is computed, so only it is reported.
     result = model.evaluate_loss(images, labels, verbose=0, return_dict=True)

@@ -39,3 +39,36 @@ def compiled_for_backend(fn):
 
         _compiled[fn] = call
     return _compiled[fn]
+
+
+def describe_loss_compilation(enabled: bool) -> str:
+    """One line for the training log: what `train.compile_loss` does on this backend."""
+    backend = keras.backend.backend()
+    if backend != "torch":
+        state = "true: nothing more to do" if enabled else "false"
+        return f"train.compile_loss {state} (on {backend} the whole training step is one XLA program)"
+    return "loss terms compiled with torch.compile (first step of each input shape compiles)" if enabled else (
+        "loss terms run eagerly (train.compile_loss: true fuses them with torch.compile)"
+    )
+
+
+def check_loss_compilation_toolchain() -> None:
+    """PyTorch on CPU: UserError naming `train.compile_loss` when torch.compile's C++ compiler is missing
+    (inductor would otherwise fail deep inside the first training step). CUDA builds bring Triton."""
+    if keras.backend.backend() != "torch":
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+
+        get_cpp_compiler()
+    except Exception as error:  # torch raises its own InvalidCxxCompiler (or an import error)
+        from ssaseg_keras.utils.errors import UserError
+
+        raise UserError(
+            "train.compile_loss: torch.compile needs a C++ compiler on CPU (g++ or clang++ on PATH, or CXX) "
+            f"and found none ({type(error).__name__}); install one, or set train.compile_loss: false"
+        ) from None

@@ -19,6 +19,7 @@ tensors) goes through Keras' own function. Set SSASEG_KERAS_TORCH_LAYOUT=keras t
 from __future__ import annotations
 
 import os
+import warnings
 
 ENV_VAR = "SSASEG_KERAS_TORCH_LAYOUT"
 _state = {"original": None}
@@ -69,5 +70,16 @@ def install_from_environment() -> None:
     """What `import ssaseg_keras` does on the torch backend: the views unless SSASEG_KERAS_TORCH_LAYOUT=keras."""
     choice = os.environ.get(ENV_VAR, "views").strip().lower()
     if choice not in ("views", "keras"):
-        raise ValueError(f"{ENV_VAR}={choice!r}: use 'views' (the default, no layout copies) or 'keras'")
-    use_channels_last_views(choice == "views")
+        # Read at import time, before any command can report an error: one line, and the default.
+        warnings.warn(
+            f"{ENV_VAR}={choice!r} is neither 'views' (the default, no layout copies) nor 'keras' "
+            "(Keras' copies); using 'views'. Set it to one of the two to silence this.",
+            stacklevel=2,
+        )
+        choice = "views"
+    if not use_channels_last_views(choice == "views") and choice == "views":
+        warnings.warn(
+            "ssaseg_keras: this Keras has no torch `_transpose_spatial_inputs` hook; its convolutions keep "
+            "their layout copies (slower, same numbers). `ops.torch_layout.layout_in_use()` says 'keras'.",
+            stacklevel=2,
+        )

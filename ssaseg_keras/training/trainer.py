@@ -62,6 +62,10 @@ def build_training_model(recipe, load_pretrained=True):
         names = dict.fromkeys(name for name, _, _ in reference_mapping(model.backbone, prefix="backbone."))
         model.pretrained_report = LoadReport(loaded=list(names))
     model.compile_pixel_losses = recipe["train"]["compile_loss"]
+    if model.compile_pixel_losses:
+        from ssaseg_keras.ops.compile import check_loss_compilation_toolchain
+
+        check_loss_compilation_toolchain()
     optimizer = build_optimizer(model, recipe["train"])
     model.compile(optimizer=optimizer, jit_compile="auto")
     return model
@@ -257,6 +261,9 @@ def train(recipe, work_dir, resume=False, echo=print, load_pretrained=True, devi
         f"precision {cfg['precision']}  global batch {cfg['batch_size']} x {cfg['accumulate_steps']} "
         f"accumulation = {cfg['batch_size'] * cfg['accumulate_steps']} images per update"
     )
+    from ssaseg_keras.ops.compile import describe_loss_compilation
+
+    echo(describe_loss_compilation(cfg["compile_loss"]))
     if cfg["batch_size"] * cfg["accumulate_steps"] != PAPER_BATCH_SIZE:
         echo(
             f"warning: the paper's schedule uses a global batch of {PAPER_BATCH_SIZE}; this run uses "

@@ -55,7 +55,6 @@ from ssaseg_keras.layers.drop_path import DropPath
 from ssaseg_keras.models.backbones.base import Backbone
 from ssaseg_keras.models.backbones.resnet import torch_pad
 from ssaseg_keras.models.heads.uper_head import adaptive_average_pool
-from ssaseg_keras.ops.activations import hardswish
 from ssaseg_keras.ops.resize import resize_bilinear
 
 BN_EPS = 1e-5
@@ -157,7 +156,7 @@ class AFFormerConvBN(keras.layers.Layer):
 
     def call(self, x, training=False):
         x = self.bn(self.conv(torch_pad(x, self.kernel_size // 2)), training=training)
-        return hardswish(x) if self.activation == "hardswish" else x
+        return ops.hard_silu(x) if self.activation == "hardswish" else x
 
     def compute_output_shape(self, input_shape):
         batch, height, width, _ = input_shape
@@ -197,7 +196,7 @@ class AFFormerPatchEmbed(keras.layers.Layer):
 
     def call(self, x, training=False):
         x = self.pwconv(self.dwconv(torch_pad(x, 1)))
-        return hardswish(self.bn(x, training=training))
+        return ops.hard_silu(self.bn(x, training=training))
 
     def compute_output_shape(self, input_shape):
         batch, height, width, channels = input_shape
@@ -229,7 +228,7 @@ class AFFormerRestore(keras.layers.Layer):
 
     def call(self, x, training=False):
         feat = self.conv1(x, training=training)
-        feat = hardswish(self.norm(self.dwconv(torch_pad(feat, 1)), training=training))
+        feat = ops.hard_silu(self.norm(self.dwconv(torch_pad(feat, 1)), training=training))
         return x + self.conv2(feat, training=training)
 
     def compute_output_shape(self, input_shape):

@@ -20,11 +20,11 @@ A transformer block: x = x + drop_path(SeaAttention(x)); x = x + drop_path(Mlp(x
     detail  = pwconv+BN(ReLU6(dw3x3+BN(concat(q, k, v))))               (B, H, W, C)
     row     = axial attention over H of the W-means of q, k, v (+ axial position embeddings)
     column  = axial attention over W of the H-means
-    out     = h_sigmoid(proj(ReLU6(v + conv+BN(ReLU6(row)) + conv+BN(ReLU6(column))))) * detail
+    out     = ops.hard_sigmoid(proj(ReLU6(v + conv+BN(ReLU6(row)) + conv+BN(ReLU6(column))))) * detail
     Mlp     = conv1x1+BN (ratio x C) -> dw3x3 (bias) -> ReLU6 -> conv1x1+BN (C)
 
 Reference quirks reproduced:
-- the MV2 blocks use ReLU, the transformer blocks ReLU6; h_sigmoid = relu6(x + 3) / 6;
+- the MV2 blocks use ReLU, the transformer blocks ReLU6; the hard sigmoid is relu6(x + 3) / 6 (`ops.hard_sigmoid`);
 - the axial position embeddings are (16, C) tables linearly interpolated to H or W (torch `F.interpolate`
   mode "linear", align_corners=False, so a length below 16 samples the middle of the table);
 - the attention's depthwise conv is 2 x (2 key_dim x heads) wide, the q + k + v width only for
@@ -51,7 +51,6 @@ from ssaseg_keras.layers.batch_norm import SyncBatchNormalization
 from ssaseg_keras.layers.drop_path import DropPath
 from ssaseg_keras.models.backbones.base import Backbone
 from ssaseg_keras.models.backbones.resnet import torch_pad
-from ssaseg_keras.ops.activations import h_sigmoid
 from ssaseg_keras.ops.resize import resize_bilinear
 
 NORM_EPS = 1e-5
@@ -364,7 +363,7 @@ class SeaAttention(keras.layers.Layer):
         row = self.proj_encode_row(act(row), training=training)
         column = self.proj_encode_column(act(column), training=training)
         out = self.proj(act(v + (row + column)), training=training)
-        return h_sigmoid(out) * detail
+        return ops.hard_sigmoid(out) * detail
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)

@@ -7,7 +7,7 @@ baseline's second stage as a classifier layer.
       top-down, i = 3, 2, 1:
         local_i = s_i (+ conv_i(bilinear(r_{i+1})) below the top)       conv_i: 1x1 channels -> C_i
         r_i = SIM_i(meta_i(local_i), g_i)
-            = BN(1x1(local)) * bilinear(h_sigmoid(BN(1x1(g_i))))          (channels)
+            = BN(1x1(local)) * bilinear(ops.hard_sigmoid(BN(1x1(g_i))))          (channels)
       F = linear_fuse(r_1): dw 1x1 (no bias) + BN + ReLU                   (B, H/8, W/8, channels)
 
     RCM(x) = x + gamma * ConvMlp(BN(RCA(x)))     ConvMlp: 1x1 -> GELU -> 1x1 (ratio 2)
@@ -47,7 +47,6 @@ from ssaseg_keras.layers.building import built as _built
 from ssaseg_keras.layers.building import with_channels as _with_channels
 from ssaseg_keras.models.heads.common import ConvNormAct
 from ssaseg_keras.models.heads.ocr_head import spatial_gather
-from ssaseg_keras.ops.activations import h_sigmoid
 from ssaseg_keras.ops.resize import resize_bilinear
 
 NORM_EPS = 1e-5
@@ -155,7 +154,7 @@ class RCMBlock(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="ssaseg_keras")
 class CGRFuseBlock(keras.layers.Layer):
     """The reference's `FuseBlockMulti` (SIM): call(local (B, H, W, Cl), global (B, h, w, Cg)) ->
-    BN(1x1(local)) * bilinear(h_sigmoid(BN(1x1(global))), (H, W)), (B, H, W, channels)."""
+    BN(1x1(local)) * bilinear(ops.hard_sigmoid(BN(1x1(global))), (H, W)), (B, H, W, channels)."""
 
     def __init__(self, channels, **kwargs):
         super().__init__(**kwargs)
@@ -173,7 +172,7 @@ class CGRFuseBlock(keras.layers.Layer):
         self.built = True
 
     def call(self, local, global_, training=False):
-        gate = h_sigmoid(self.fuse2(global_, training=training))
+        gate = ops.hard_sigmoid(self.fuse2(global_, training=training))
         gate = resize_bilinear(gate, ops.shape(local)[1:3], align_corners=False)
         return self.fuse1(local, training=training) * gate
 

@@ -2,7 +2,7 @@
 hard-sigmoid of each coarser backbone map in turn, then a depthwise 1x1 ConvModule.
 
     x = stages[in_index[0]]                                              (B, h, w, C_0)   1/8
-    for i, fuse_i:  x = conv1x1+BN(x) * bilinear_to_(h, w)(h_sigmoid(conv1x1+BN(stages[in_index[i+1]])))
+    for i, fuse_i:  x = conv1x1+BN(x) * bilinear_to_(h, w)(ops.hard_sigmoid(conv1x1+BN(stages[in_index[i+1]])))
     F = ReLU(BN(dw1x1(x)))   (`linear_fuse`)                             (B, h, w, channels)
 
 F is what the classifier reads (the plain head's `conv_seg`, or SSA-Seg's `SSAClassifier`); this layer
@@ -21,7 +21,6 @@ from keras import ops
 
 from ssaseg_keras.layers.batch_norm import SyncBatchNormalization
 from ssaseg_keras.models.heads.common import ConvNormAct
-from ssaseg_keras.ops.activations import h_sigmoid
 from ssaseg_keras.ops.resize import resize_bilinear
 
 NORM_EPS = 1e-5
@@ -42,7 +41,7 @@ CLASSIFIER_DROPOUT = 0.1  # the configs' dropout_ratio (the classifier's channel
 @keras.saving.register_keras_serializable(package="ssaseg_keras")
 class SeaFormerFusionBlock(keras.layers.Layer):
     """The reference's `Fusion_block`: call on [local (B, h, w, Cl), global (B, h', w', Cg)] ->
-    conv1x1+BN(local) * resize_to_(h, w)(h_sigmoid(conv1x1+BN(global))), (B, h, w, embed_dim)."""
+    conv1x1+BN(local) * resize_to_(h, w)(ops.hard_sigmoid(conv1x1+BN(global))), (B, h, w, embed_dim)."""
 
     def __init__(self, embed_dim, bn_momentum=0.9, **kwargs):
         super().__init__(**kwargs)
@@ -67,7 +66,7 @@ class SeaFormerFusionBlock(keras.layers.Layer):
     def call(self, inputs, training=False):
         local, global_ = inputs
         local = self.local_embedding(local, training=training)
-        gate = h_sigmoid(self.global_act(global_, training=training))
+        gate = ops.hard_sigmoid(self.global_act(global_, training=training))
         gate = resize_bilinear(gate, ops.shape(local)[1:3], align_corners=False)
         return local * gate
 

@@ -1,4 +1,5 @@
-"""PyTorch backend: convolutions and pools through channels-last views give Keras' numbers exactly."""
+"""PyTorch-only ops: convolutions and pools through channels-last views give Keras' numbers exactly; the loss
+compilation's toolchain check."""
 
 from __future__ import annotations
 
@@ -75,3 +76,34 @@ def test_views_skip_the_layout_copies():
         assert input_copies() == 0
     finally:
         torch_layout.use_channels_last_views(True)
+
+
+def test_a_bad_environment_value_is_one_warning_and_the_default(monkeypatch):
+    from ssaseg_keras.ops import torch_layout
+
+    monkeypatch.setenv(torch_layout.ENV_VAR, "fast")
+    with pytest.warns(UserWarning, match="SSASEG_KERAS_TORCH_LAYOUT='fast' is neither 'views'"):
+        torch_layout.install_from_environment()
+    assert torch_layout.layout_in_use() == "channels_last_views"
+    monkeypatch.setenv(torch_layout.ENV_VAR, "keras")
+    try:
+        torch_layout.install_from_environment()
+        assert torch_layout.layout_in_use() == "keras"
+    finally:
+        torch_layout.use_channels_last_views(True)
+
+
+def test_loss_compilation_without_a_cpp_compiler_names_the_key(monkeypatch):
+    import torch
+    from torch._inductor import cpp_builder
+
+    from ssaseg_keras.ops.compile import check_loss_compilation_toolchain
+    from ssaseg_keras.utils.errors import UserError
+
+    def no_compiler():
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(cpp_builder, "get_cpp_compiler", no_compiler)
+    with pytest.raises(UserError, match="train.compile_loss: torch.compile needs a C.. compiler on CPU"):
+        check_loss_compilation_toolchain()
