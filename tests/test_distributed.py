@@ -28,7 +28,8 @@ from ssaseg_keras.utils.errors import RecipeError, UserError
 
 HERE = pathlib.Path(__file__).parent
 RUNNER = HERE / "distributed_run.py"
-ITERATIONS = 3
+ITERATIONS = 3  # checkpoint and evaluation interval (tests/distributed_run.py)
+MAX_ITERS = ITERATIONS + 1  # each run goes one step past the checkpoint the resume test starts from
 
 
 def _env(**extra):
@@ -63,15 +64,16 @@ def _two_device_command(work_dir):
 
 @pytest.fixture(scope="module")
 def one_and_two_devices(tmp_path_factory):
-    """(one-device work dir, two-device work dir, the two-device run's stdout)."""
+    """(one-device work dir, two-device work dir, the two-device run's stdout): MAX_ITERS iterations
+    each, checkpoints at ITERATIONS and MAX_ITERS."""
     root = tmp_path_factory.mktemp("distributed")
     one, two = root / "one", root / "two"
     env = _env()
     if BACKEND == "jax":
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2").strip()
     emulate = [] if BACKEND == "jax" else ["--emulate-replicas", "2"]
-    _run([sys.executable, str(RUNNER), str(one), "--devices", "1", *emulate], env)
-    stdout = _run(_two_device_command(two), env)
+    _run([sys.executable, str(RUNNER), str(one), "--devices", "1", "--max-iters", str(MAX_ITERS), *emulate], env)
+    stdout = _run([*_two_device_command(two), "--max-iters", str(MAX_ITERS)], env)
     return one, two, stdout
 
 
@@ -80,14 +82,14 @@ def one_and_two_devices(tmp_path_factory):
 def test_two_devices_train_like_one_at_the_same_global_batch(one_and_two_devices):
     one, two, stdout = one_and_two_devices
     summary = json.loads((two / "summary.json").read_text())
-    assert summary["devices"] == 2 and summary["iteration"] == ITERATIONS
+    assert summary["devices"] == 2 and summary["iteration"] == MAX_ITERS
     engine = {"jax": "DataParallel", "tensorflow": "MirroredStrategy", "torch": "DistributedDataParallel"}[BACKEND]
     assert engine in summary["engine"]
     assert "devices 2" in stdout and "batch 2 per device x 2 = global 4" in stdout, stdout
 
     train_one = [r for r in _records(one) if "loss" in r]
     train_two = [r for r in _records(two) if "loss" in r]
-    assert [r["iteration"] for r in train_two] == list(range(1, ITERATIONS + 1))
+    assert [r["iteration"] for r in train_two] == list(range(1, MAX_ITERS + 1))
     for a, b in zip(train_one, train_two):
         for term in ("loss", "main_ce", "coarse_ce", "semantic_distill", "response_distill", "dice_refined"):
             assert b[term] == pytest.approx(a[term], rel=1e-4, abs=1e-6), (term, a, b)
@@ -112,7 +114,9 @@ def test_two_devices_train_like_one_at_the_same_global_batch(one_and_two_devices
 
     val_one = [r for r in _records(one) if "val/mIoU" in r]
     val_two = [r for r in _records(two) if "val/mIoU" in r]
-    assert len(val_two) == 1 and val_two[0]["val/mIoU"] == pytest.approx(val_one[0]["val/mIoU"], abs=1e-6)
+    assert [r["iteration"] for r in val_two] == [ITERATIONS, MAX_ITERS]
+    for a, b in zip(val_one, val_two):
+        assert b["val/mIoU"] == pytest.approx(a["val/mIoU"], abs=1e-6)
 
 
 @pytest.mark.slow
@@ -120,8 +124,8 @@ def test_two_devices_train_like_one_at_the_same_global_batch(one_and_two_devices
 def test_only_process_zero_writes_and_prints(one_and_two_devices):
     _, two, stdout = one_and_two_devices
     records = _records(two)
-    assert len([r for r in records if "loss" in r]) == ITERATIONS  # one line per iteration, not per process
-    assert stdout.count(f"iter {ITERATIONS}/{ITERATIONS}") == 1, stdout
+    assert len([r for r in records if "loss" in r]) == MAX_ITERS  # one line per iteration, not per process
+    assert stdout.count(f"iter {MAX_ITERS}/{MAX_ITERS}") == 1, stdout
     assert stdout.count("parameter groups") == 1, stdout
     checkpoints = sorted(p.name for p in (two / "checkpoints").iterdir())
     assert f"iter_{ITERATIONS:07d}" in checkpoints and not [p for p in checkpoints if p.startswith(".tmp")]
@@ -130,22 +134,22 @@ def test_only_process_zero_writes_and_prints(one_and_two_devices):
 @pytest.mark.slow
 @pytest.mark.xdist_group("distributed")
 def test_a_two_device_checkpoint_resumes_on_one_device(one_and_two_devices, tmp_path):
-    """Checkpoints do not depend on the device count: the two-device run's and the one-device run's
-    checkpoints, resumed on one device, give the same next iteration (same data position, weights,
-    optimizer state)."""
+    """Checkpoints do not depend on the device count: the two-device run's checkpoint at ITERATIONS,
+    resumed on one device, gives the next iteration of the uninterrupted one-device run (same data
+    position, weights, optimizer state and schedule)."""
     one, two, _ = one_and_two_devices
     emulate = [] if BACKEND == "jax" else ["--emulate-replicas", "2"]
-    resumed = {}
-    for name, source in (("one", one), ("two", two)):
-        target = tmp_path / name
-        shutil.copytree(source, target)
-        _run([sys.executable, str(RUNNER), str(target), "--devices", "1", "--resume", "--max-iters", str(ITERATIONS + 1),
-              *emulate], _env())  # fmt: skip
-        resumed[name] = [r for r in _records(target) if "loss" in r]
-    assert [r["iteration"] for r in resumed["two"]] == list(range(1, ITERATIONS + 2))
-    last_one, last_two = resumed["one"][-1], resumed["two"][-1]
-    for term in ("loss", "main_ce", "semantic_distill", "response_distill"):
-        assert last_two[term] == pytest.approx(last_one[term], rel=1e-4, abs=1e-6), (term, last_one, last_two)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two, resumed)
+    shutil.rmtree(resumed / "checkpoints" / f"iter_{MAX_ITERS:07d}")
+    stdout = _run([sys.executable, str(RUNNER), str(resumed), "--devices", "1", "--resume", "--max-iters", str(MAX_ITERS),
+                   *emulate], _env())  # fmt: skip
+    assert f"iteration {ITERATIONS}" in stdout and "resumed from" in stdout, stdout
+    continued = [r for r in _records(resumed) if "loss" in r][-1]
+    uninterrupted = [r for r in _records(one) if "loss" in r][-1]
+    assert continued["iteration"] == uninterrupted["iteration"] == MAX_ITERS
+    for term in ("loss", "main_ce", "semantic_distill", "response_distill", "lr"):
+        assert continued[term] == pytest.approx(uninterrupted[term], rel=1e-4, abs=1e-6), (term, uninterrupted, continued)
 
 
 # ------------------------------------------------------------------- data shards

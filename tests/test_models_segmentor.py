@@ -144,13 +144,13 @@ import sys, numpy as np, keras
 sys.path.insert(0, {tests!r})
 from models_helpers import deterministic_nmf, tiny_config
 from ssaseg_keras.models import build_segmentor
-config = {config!r}
-model = build_segmentor(config or tiny_config(ssa=True))
-images = np.random.RandomState(5).randn(1, 64, 96, 3).astype("float32")
-with deterministic_nmf():
-    expected = keras.ops.convert_to_numpy(model(images))
-model.save({path!r})
-np.savez({npz!r}, images=images, expected=expected)
+for name, config in {configs!r}.items():
+    model = build_segmentor(config or tiny_config(ssa=True))
+    images = np.random.RandomState(5).randn(1, 64, 96, 3).astype("float32")
+    with deterministic_nmf():
+        expected = keras.ops.convert_to_numpy(model(images))
+    model.save({folder!r} + "/" + name + ".keras")
+    np.savez({folder!r} + "/" + name + ".npz", images=images, expected=expected)
 """
 
 
@@ -171,22 +171,32 @@ UPERNET_KERAS_HUB = {
 }  # fmt: skip
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize(
-    "config",
-    [None, SEGFORMER_B0, UPERNET_SWIN, UPERNET_KERAS_HUB],
-    ids=["segnext_tiny", "segformer_b0", "upernet_swin_tiny", "upernet_keras_hub_resnet"],
-)
-def test_keras_file_from_another_backend_gives_the_same_outputs(tmp_path, config):
+OTHER_BACKEND_MODELS = {
+    "segnext_tiny": None, "segformer_b0": SEGFORMER_B0, "upernet_swin_tiny": UPERNET_SWIN,
+    "upernet_keras_hub_resnet": UPERNET_KERAS_HUB,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def saved_on_another_backend(tmp_path_factory):
+    """The folder where one process on another backend saved each of OTHER_BACKEND_MODELS as
+    NAME.keras, with its input and outputs in NAME.npz (one process start for the four)."""
     current = keras.backend.backend()
     other = "torch" if current != "torch" else "tensorflow"
-    path, npz = str(tmp_path / "other.keras"), str(tmp_path / "expected.npz")
-    script = SAVE_SCRIPT.format(tests=os.path.join(REPO, "tests"), path=path, npz=npz, config=config)
+    folder = str(tmp_path_factory.mktemp("other_backend"))
+    script = SAVE_SCRIPT.format(tests=os.path.join(REPO, "tests"), folder=folder, configs=OTHER_BACKEND_MODELS)
     env = {**os.environ, "KERAS_BACKEND": other}
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stderr[-2000:]
-    data = np.load(npz)
-    loaded = keras.saving.load_model(path)
+    return folder
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("other_backend_files")
+@pytest.mark.parametrize("name", list(OTHER_BACKEND_MODELS))
+def test_keras_file_from_another_backend_gives_the_same_outputs(saved_on_another_backend, name):
+    data = np.load(os.path.join(saved_on_another_backend, name + ".npz"))
+    loaded = keras.saving.load_model(os.path.join(saved_on_another_backend, name + ".keras"))
     with deterministic_nmf():
         got = ops.convert_to_numpy(loaded(data["images"]))
     np.testing.assert_allclose(got, data["expected"], rtol=1e-4, atol=1e-4)

@@ -18,6 +18,7 @@ class DropPath(keras.layers.Layer):
         self.rate = float(rate)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
+        self.built = True  # no weights to make (a block may skip calling it when rate is 0)
 
     def call(self, x, training=False):
         if not training or self.rate <= 0.0:

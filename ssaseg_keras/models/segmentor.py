@@ -291,6 +291,26 @@ class Segmentor(keras.Model):
         finally:
             self._reported_terms = previous
 
+    # ------------------------------------------------------------- training
+    def fit(self, *args, **kwargs):
+        self._build_optimizer_before_tracing()
+        return super().fit(*args, **kwargs)
+
+    def train_on_batch(self, *args, **kwargs):
+        self._build_optimizer_before_tracing()
+        return super().train_on_batch(*args, **kwargs)
+
+    def _build_optimizer_before_tracing(self):
+        """Create the optimizer's variables now, eagerly, as Keras does itself on JAX and PyTorch and
+        under a TensorFlow strategy. Without a strategy, Keras' TensorFlow trainer leaves them to the
+        first trace of the training step, and tf.function then traces the whole step a second time
+        (variables were created on its first call): twice the time to the first step."""
+        optimizer = getattr(self, "optimizer", None)
+        if optimizer is None or optimizer.built or getattr(self, "_distribute_strategy", None) is not None:
+            return
+        if all(layer.built for layer in self._flatten_layers()):  # else Keras builds both from a batch
+            optimizer.build(self.trainable_variables)
+
     def evaluate(self, *args, **kwargs):
         with self._reporting_only(["main_ce"]):
             return super().evaluate(*args, **kwargs)
