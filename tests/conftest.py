@@ -71,6 +71,16 @@ def compile_fn(fn):
     raise NotImplementedError(BACKEND)  # pragma: no cover
 
 
+def end_to_end_on(*backends):
+    """Run a family's end-to-end trainer run (train, evaluate, export) on these backends only. CI has
+    2 cores and 40 minutes for all three backends; each such run compiles a training step, and the
+    family's parity tests (forward pass, conversion) still run on every backend, as do SegNeXt's and
+    UperNet-Swin's end-to-end runs (the trainer itself is family-independent)."""
+    return pytest.mark.skipif(
+        BACKEND not in backends, reason=f"backend: this end-to-end run is on {' and '.join(backends)} (CI time)"
+    )
+
+
 @pytest.fixture(scope="session")
 def golden_head():
     """The reference's SSA head fixture (see /shared/golden/README.md), NCHW as stored."""

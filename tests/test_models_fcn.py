@@ -11,7 +11,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import DATA_DIR
+from conftest import DATA_DIR, end_to_end_on
 from models_helpers import assert_matches_mmseg, load_mmseg_state
 
 from ssaseg_keras.models import build_segmentor, inference_model
@@ -78,6 +78,7 @@ def test_gflops_at_512_are_the_papers():
 
 
 @pytest.mark.slow
+@end_to_end_on("tensorflow", "torch")
 def test_tiny_fcn_ssa_trains_with_sgd_and_resumes(tmp_path):
     """The recipe path: SGD (coupled decay, no parameter groups), the auxiliary loss and a resume
     (optimizer momentum restored by name). Export and a later evaluation of an SGD-trained model are

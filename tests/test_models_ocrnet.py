@@ -12,7 +12,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from conftest import DATA_DIR
+from conftest import DATA_DIR, end_to_end_on
 from models_helpers import assert_matches_mmseg, load_mmseg_state
 
 from ssaseg_keras.models import build_segmentor, inference_model
@@ -116,6 +116,7 @@ def test_region_stage_batchnorm_statistics_follow_the_reference_double_forward(r
 
 
 @pytest.mark.slow
+@end_to_end_on("tensorflow", "torch")
 def test_tiny_ocrnet_ssa_trains_and_exports(tmp_path):
     """The recipe path end to end with the cascade: SGD, the region stage's loss `region_ce`, the
     in-training evaluation, and an export (the region stage is part of the served model). Resume and

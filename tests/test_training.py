@@ -220,7 +220,7 @@ def test_fit_reports_every_term_the_loss_falls_and_evaluate_runs():
     # The task's `fit` takes raw images: its preprocessor normalises them back to `images`.
     traces = []
     train_step = model.train_step
-    model.train_step = lambda data: (traces.append(1), train_step(data))[1]
+    model.train_step = lambda *args: (traces.append(1), train_step(*args))[1]  # JAX: (state, data)
     history = model.fit(raw, labels, batch_size=2, epochs=8, verbose=0).history
     # Compiled once: on TensorFlow the optimizer is built before the first trace (Keras would build it
     # inside, and tf.function would trace the whole step again). PyTorch runs the Python step each time.

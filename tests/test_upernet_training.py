@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import BACKEND
+from conftest import BACKEND, end_to_end_on
 from test_export import run_main
 from test_models_upernet import tiny_upernet
 from test_training import quiet
@@ -96,6 +96,7 @@ def test_tiny_upernet_swin_ssa_trains_and_exports(tmp_path):
 
 
 @pytest.mark.slow
+@end_to_end_on("tensorflow", "torch")
 def test_tiny_upernet_over_a_keras_hub_resnet_trains_and_evaluates(tmp_path):
     pytest.importorskip("keras_hub", reason="backend: keras-hub is not installed in this environment")
     recipe = recipe_of(keras_hub_upernet(ssa=True))

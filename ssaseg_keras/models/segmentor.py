@@ -294,6 +294,7 @@ class Segmentor(keras.Model):
     # ------------------------------------------------------------- training
     def fit(self, *args, **kwargs):
         self._build_optimizer_before_tracing()
+        self._keep_values_if_the_first_step_fails()
         return super().fit(*args, **kwargs)
 
     def train_on_batch(self, *args, **kwargs):
@@ -310,6 +311,21 @@ class Segmentor(keras.Model):
             return
         if all(layer.built for layer in self._flatten_layers()):  # else Keras builds both from a batch
             optimizer.build(self.trainable_variables)
+
+    def _keep_values_if_the_first_step_fails(self):
+        """JAX: Keras' `fit` detaches the variables' values while it trains and reattaches them, in a
+        `finally`, from the state of the last finished step. When the first step fails (a label out of
+        range found in the data, Ctrl-C) there is none, and the model is left without any values. The
+        current values are given as that state (the arrays themselves, no copy); the first step
+        replaces them."""
+        if keras.backend.backend() != "jax" or getattr(self, "optimizer", None) is None or not self.optimizer.built:
+            return
+        self._jax_state = {
+            "trainable_variables": [v.value for v in self.trainable_variables],
+            "non_trainable_variables": [v.value for v in self.non_trainable_variables],
+            "optimizer_variables": [v.value for v in self.optimizer.variables],
+            "metrics_variables": [v.value for v in self.metrics_variables],
+        }
 
     def evaluate(self, *args, **kwargs):
         with self._reporting_only(["main_ce"]):
