@@ -5,7 +5,7 @@ Keras 3 (3.15) runs a channels-last `conv` / `depthwise_conv` / pool on PyTorch 
 `.contiguous(memory_format=torch.channels_last)` -- a second full copy, back into NHWC memory --
 before calling torch. The permuted view of a contiguous NHWC tensor already *is* an NCHW tensor in
 channels-last memory, which torch's convolutions and pools take as is: skipping both copies runs the
-same kernels on the same memory, so the numbers are identical (tests/test_ops_torch_layout.py), and a
+same kernels on the same memory, so the numbers are identical (tests/test_ops_torch.py), and a
 convolution-heavy network such as MSCAN (three depthwise convolutions per block) saves two image-size
 copies per convolution, forward and backward (BENCHMARKS.md, "CPU profile").
 
