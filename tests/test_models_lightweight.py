@@ -103,8 +103,8 @@ GFLOPS_SSA = {("seaformer", "b"): 1.80, ("seaformer", "l"): 6.43, ("afformer", "
 @pytest.mark.slow
 @pytest.mark.parametrize("family_size", sorted(k for k in COUNTS if k[0] in FAMILIES), ids="_".join)
 def test_full_size_parameter_counts_are_the_references(family_size):
-    if keras.backend.backend() == "jax":  # shapes make the counts, the same on every backend
-        pytest.skip("backend: counted on TensorFlow and PyTorch; JAX compiles each initialiser")
+    if keras.backend.backend() != "torch":  # shapes make the counts, the same on every backend (CI time)
+        pytest.skip("backend: counted on PyTorch, the fastest to build full-size models")
     family, size = family_size
     baseline, ssa_training, ssa_inference = COUNTS[family_size]
     model = build_segmentor({"family": family, "size": size, "num_classes": 150, "ssa": True})

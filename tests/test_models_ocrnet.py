@@ -74,8 +74,8 @@ COUNTS = {150: (70_533_100, 71_664_620, 72_714_220), 171: (70_559_014, 71_701_28
 @pytest.mark.slow
 @pytest.mark.parametrize("num_classes", [150, 171])
 def test_full_size_parameter_counts_are_mmsegs(num_classes):
-    if keras.backend.backend() == "jax":  # shapes make the counts, the same on every backend
-        pytest.skip("backend: counted on TensorFlow and PyTorch; JAX compiles each initialiser")
+    if keras.backend.backend() != "torch":  # shapes make the counts, the same on every backend (CI time)
+        pytest.skip("backend: counted on PyTorch, the fastest to build full-size models")
     baseline, ssa_inference, ssa_training = COUNTS[num_classes]
     model = build_segmentor(
         {"family": "ocrnet", "size": "hr48", "num_classes": num_classes, "ssa": True}
