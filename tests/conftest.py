@@ -76,9 +76,12 @@ def end_to_end_on(*backends):
     2 cores and 40 minutes for all three backends; each such run compiles a training step, and the
     family's parity tests (forward pass, conversion) still run on every backend, as do SegNeXt's and
     UperNet-Swin's end-to-end runs (the trainer itself is family-independent)."""
-    return pytest.mark.skipif(
-        BACKEND not in backends, reason=f"backend: this end-to-end run is on {' and '.join(backends)} (CI time)"
-    )
+    return pytest.mark.skipif(BACKEND not in backends, reason=end_to_end_reason(backends))
+
+
+def end_to_end_reason(backends):
+    """The skip reason of `end_to_end_on` (also for a parametrized run skipped inside the test)."""
+    return f"backend: this end-to-end run is on {' and '.join(backends)} (CI time)"
 
 
 @pytest.fixture(scope="session")

@@ -78,11 +78,11 @@ def test_gflops_at_512_are_the_papers():
 
 
 @pytest.mark.slow
-@end_to_end_on("tensorflow", "torch")
+@end_to_end_on("jax", "torch")  # with OCRNet's (TensorFlow, PyTorch): SGD trains on every backend
 def test_tiny_fcn_ssa_trains_with_sgd_and_resumes(tmp_path):
     """The recipe path: SGD (coupled decay, no parameter groups), the auxiliary loss and a resume
     (optimizer momentum restored by name). Export and a later evaluation of an SGD-trained model are
-    the OCRNet end-to-end test's; the cross-backend resume is the UperNet one's."""
+    the OCRNet end-to-end test's; the cross-backend resume is tests/test_training.py's."""
     from test_upernet_training import check_run, recipe_of
 
     from ssaseg_keras.training.trainer import train

@@ -161,13 +161,13 @@ def test_tiny_model_trains_and_evaluates(family, ssa, tmp_path):
     """The recipe path (AdamW with the family's custom keys, the in-training evaluation), each family
     on two backends (TINY_RUN_BACKENDS; every backend runs two of the three). Resume and a later evaluation are family-independent code, run end to end by the OCRNet
     and UperNet tests; the suite's time budget (CI: 40 minutes) leaves them out here."""
-    from conftest import BACKEND
+    from conftest import BACKEND, end_to_end_reason
     from test_upernet_training import check_run, recipe_of
 
     from ssaseg_keras.training.trainer import train
 
     if BACKEND not in TINY_RUN_BACKENDS[family]:  # CI time: see conftest.end_to_end_on
-        pytest.skip(f"backend: this end-to-end run is on {' and '.join(TINY_RUN_BACKENDS[family])} (CI time)")
+        pytest.skip(end_to_end_reason(TINY_RUN_BACKENDS[family]))
     model = {**tiny_model_config(family, ssa=ssa), "num_classes": 5}
     recipe = recipe_of(model, name=f"tiny_{family}", custom_keys={"pos_emb": {"decay_mult": 0.0}, "head": {"lr_mult": 10.0}})
     work_dir = tmp_path / "wd"
