@@ -74,8 +74,8 @@ def compile_fn(fn):
 def end_to_end_on(*backends):
     """Run a family's end-to-end trainer run (train, evaluate, export) on these backends only. CI has
     2 cores and 40 minutes for all three backends; each such run compiles a training step, and the
-    family's parity tests (forward pass, conversion) still run on every backend, as do SegNeXt's
-    end-to-end runs (the trainer itself is family-independent)."""
+    family's parity tests (forward pass, conversion) still run on every backend, as do SegNeXt's and
+    UperNet-Swin's end-to-end runs (the only tests that take Swin's gradients)."""
     return pytest.mark.skipif(BACKEND not in backends, reason=end_to_end_reason(backends))
 
 

@@ -81,7 +81,6 @@ def export_and_check(tmp_path, work_dir):
 
 
 @pytest.mark.slow
-@end_to_end_on("tensorflow", "torch")  # JAX: the Swin parity tests; the trainer is family-independent
 def test_tiny_upernet_swin_ssa_trains_and_exports(tmp_path):
     """Swin + UPerHead + the auxiliary FCN head through the recipe path, and an export (the auxiliary
     head left out of the served model). Resuming on another backend is family-independent code, run by
