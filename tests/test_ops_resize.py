@@ -77,3 +77,44 @@ def test_bilinear_at_picks_the_resized_channel_like_torch(size, align_corners):
     np.testing.assert_allclose(to_numpy(resize_bilinear_at(x, channel, size, align_corners)), picked.detach().numpy(), atol=2e-6)
     np.testing.assert_allclose(value, float((picked * torch.tensor(weights)).sum()), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(grad, xt.grad.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize(
+    "in_size, size", [((12, 14), (96, 112)), ((16, 10), (32, 40)), ((9, 10), (33, 40)), ((13, 8), (64, 32))]
+)
+def test_banded_upsampling_matches_torch_with_its_gradient(in_size, size, align_corners):
+    """Upsampling by 2-8x runs the interpolation matrix's band (`interpolation_band`), also where
+    sampling positions fall exactly on input rows (9 -> 33 with align_corners) and where the output
+    size is no multiple of the input's: torch's values and input gradient."""
+    from conftest import value_and_grad
+    from keras import ops
+
+    from ssaseg_keras.ops.resize import interpolation_band
+
+    assert all(interpolation_band(i, o, align_corners) is not None for i, o in zip(in_size, size))
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(2, *in_size, 3)).astype("float32")
+    weights = rng.normal(size=(2, *size, 3)).astype("float32")
+    xt = torch.tensor(x, requires_grad=True)
+    expected = torch.nn.functional.interpolate(
+        xt.permute(0, 3, 1, 2), size=size, mode="bilinear", align_corners=align_corners
+    ).permute(0, 2, 3, 1)
+    (expected * torch.tensor(weights)).sum().backward()
+    value, grad = value_and_grad(
+        lambda v: ops.sum(resize_bilinear(v, size, align_corners) * ops.convert_to_tensor(weights)), x
+    )
+    np.testing.assert_allclose(to_numpy(resize_bilinear(x, size, align_corners)), expected.detach().numpy(), atol=2e-6)
+    np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-5, atol=1e-5)  # sums of up to 64 terms
+
+
+def test_band_is_only_used_where_it_saves_work():
+    """Downsampling, equal sizes and small factors keep the dense matrix; 32 -> 256 uses windows of
+    3 input rows for blocks of 8 output rows."""
+    from ssaseg_keras.ops.resize import interpolation_band
+
+    assert interpolation_band(64, 32, False) is None
+    assert interpolation_band(9, 17, True) is None  # 17 is prime: blocks of one row save too little
+    block, window, starts = interpolation_band(32, 256, True)
+    assert (block, window, len(starts)) == (8, 3, 32)
+    assert starts[0] == 0 and starts[-1] == 32 - 3

@@ -1,7 +1,8 @@
 """Resizes that reproduce PyTorch's `F.interpolate` exactly, on every Keras backend.
 
 Bilinear resizing is written as two small interpolation matrices (built from the static shapes,
-constant-folded by the compilers) applied as matmuls: out = A_h @ x @ A_w^T. This gives bit-for-bit the same
+constant-folded by the compilers) applied as matmuls: out = A_h @ x @ A_w^T (when upsampling, only
+the band of A around its diagonal: `interpolation_band`). This gives bit-for-bit the same
 sampling positions as torch's `align_corners=False` (half-pixel centres, no antialiasing, clamped
 at the border) and `align_corners=True` on TensorFlow, JAX and PyTorch alike, is differentiable,
 compiles to matmuls, and works for up- and down-sampling. (`keras.ops.image.resize` antialiases
@@ -9,6 +10,8 @@ when downsampling on JAX and has no align_corners mode, so it cannot give refere
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from keras import ops
@@ -72,9 +75,10 @@ def resize_bilinear(x, size, align_corners: bool = False, method: str = "matmul"
         size: (out_H, out_W): Python ints, or dynamic sizes (e.g. `ops.shape(y)[1:3]` in a graph
             with unknown sizes; `resize_logits` then, whatever the method).
         align_corners: torch's `align_corners` (False = half-pixel centres).
-        method: "matmul" (two dense interpolation matmuls: tensor cores, no gathers, but about
-            in_size/2 times the multiply-adds) or "gather" (two taps per axis: element-wise ops
-            that a compiler may fuse into the consumer). The same sampling; see BENCHMARKS.md.
+        method: "matmul" (per axis, matmuls with the interpolation matrix: when upsampling, cut
+            into bands of a few input rows, `interpolation_band`, so ~3-5 multiply-adds per output
+            value instead of in_size; dense otherwise) or "gather" (two taps per axis: element-wise
+            ops that a compiler may fuse into the consumer). The same sampling; see BENCHMARKS.md.
 
     Returns:
         (B, out_H, out_W, C) tensor in x's dtype (cast logits to float32 first when they feed a
@@ -92,18 +96,16 @@ def resize_bilinear(x, size, align_corners: bool = False, method: str = "matmul"
         return x
     if method == "gather":
         return _resize_by_taps(x, (in_h, in_w), (out_h, out_w), align_corners)
-    rows = ops.cast(bilinear_matrix(in_h, out_h, align_corners), x.dtype)
-    cols = ops.cast(bilinear_matrix(in_w, out_w, align_corners), x.dtype)
     # Each axis is one broadcast matmul over a contiguous (B, in, W*C) view. The width axis needs the
     # tensor transposed; transpose where it is smaller: before the height axis when upsampling (so
     # an image-size tensor is never transposed or copied), after it when downsampling.
     width_first = in_h <= out_h
     if width_first and in_w != out_w:
-        x = _resize_width(x, cols)
+        x = _resize_width(x, in_w, out_w, align_corners)
     if in_h != out_h:
-        x = _resize_height(x, rows)
+        x = _resize_height(x, in_h, out_h, align_corners)
     if not width_first and in_w != out_w:
-        x = _resize_width(x, cols)
+        x = _resize_width(x, in_w, out_w, align_corners)
     return x
 
 
@@ -121,18 +123,73 @@ def _interpolate_axis(x, axis, lo, hi, frac):
     return ops.take(x, lo, axis=axis) * (1.0 - frac) + ops.take(x, hi, axis=axis) * frac
 
 
-def _resize_height(x, matrix):
-    """(B, H, W, C) -> (B, out, W, C) by an (out, H) interpolation matrix, as one matmul over the
-    contiguous (B, H, W*C) view (no transpose, no copy of x)."""
+def _source_position(index: int, in_size: int, out_size: int, align_corners: bool) -> float:
+    """Where output row `index` samples the input, in float64 (`bilinear_taps` computes it in float32)."""
+    if align_corners:
+        return index * (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+    return max((index + 0.5) * in_size / out_size - 0.5, 0.0)
+
+
+def interpolation_band(in_size: int, out_size: int, align_corners: bool):
+    """How upsampling one axis cuts its interpolation matrix into bands, or None where the dense
+    matmul is as cheap (downsampling, small factors).
+
+    Output rows are taken in blocks of `block` consecutive rows; the taps of block j fall in the
+    `window` input rows from `starts[j]`. The positions are computed here in float64 and widened by
+    `margin` (4x the float32 rounding error of `bilinear_taps`' positions), so a tap whose float32
+    position rounds across an integer is still inside. Upsampling by r then costs ~`window` (2-3)
+    multiply-adds per output value instead of the dense matmul's in_size (32 at 32 -> 256); the band's
+    weights are the dense matrix's own entries, so the sums are the same. Python ints only, computed
+    from the static sizes: nothing here runs on the device (and torch.compile traces it as constants).
+
+    Returns:
+        (block, window, starts) with starts a tuple of `out_size // block` ints, or None.
+    """
+    if out_size <= in_size or in_size < 2:
+        return None
+    ratio = -(-out_size // in_size)
+    block = max(d for d in range(1, ratio + 1) if out_size % d == 0)
+    margin = 1e-6 * (in_size + 1)  # float32 positions: a few roundings of values below in_size
+    firsts, lasts = [], []
+    for first_row in range(0, out_size, block):
+        low = math.floor(_source_position(first_row, in_size, out_size, align_corners) - margin)
+        high = math.floor(_source_position(first_row + block - 1, in_size, out_size, align_corners) + margin) + 1
+        firsts.append(max(low, 0))
+        lasts.append(min(high, in_size - 1))
+    window = max(last - first for first, last in zip(firsts, lasts)) + 1
+    blocks = out_size // block
+    # Dense: out * in multiply-adds per column; banded: out * window, plus gathering the windows.
+    if out_size * window + blocks * window >= out_size * in_size // 2:
+        return None
+    return block, window, tuple(min(first, in_size - window) for first in firsts)
+
+
+def _resize_height(x, in_size, out_size, align_corners):
+    """(B, H, W, C) -> (B, out, W, C) along the height axis, as matmuls over the contiguous
+    (B, H, W*C) view (no transpose, no copy of x): banded when upsampling (`interpolation_band`),
+    else one dense (out, H) interpolation matrix."""
     width, channels = x.shape[2], x.shape[3]
-    flat = ops.reshape(x, (-1, x.shape[1], width * channels))
-    return ops.reshape(ops.matmul(matrix, flat), (-1, matrix.shape[0], width, channels))
+    flat = ops.reshape(x, (-1, in_size, width * channels))
+    matrix = ops.cast(bilinear_matrix(in_size, out_size, align_corners), x.dtype)
+    band = interpolation_band(in_size, out_size, align_corners)
+    if band is None:
+        return ops.reshape(ops.matmul(matrix, flat), (-1, out_size, width, channels))
+    block, window, starts = band
+    blocks = len(starts)
+    # index[j, t] = starts[j] + t: the window of block j. Its weights are the dense matrix's entries
+    # there, (blocks, block, window); the zeros around the two taps of each row add nothing.
+    index = ops.convert_to_tensor(starts, dtype="int32")[:, None] + ops.arange(window, dtype="int32")[None, :]
+    per_block = ops.reshape(matrix, (blocks, block, in_size))
+    weights = ops.take_along_axis(per_block, ops.broadcast_to(index[:, None, :], (blocks, block, window)), axis=2)
+    windows = ops.reshape(ops.take(flat, ops.reshape(index, (-1,)), axis=1), (-1, blocks, window, width * channels))
+    out = ops.matmul(weights, windows)  # (B, blocks, block, W*C)
+    return ops.reshape(out, (-1, out_size, width, channels))
 
 
-def _resize_width(x, matrix):
+def _resize_width(x, in_size, out_size, align_corners):
     """(B, H, W, C) -> (B, H, out, C): `_resize_height` between two transposes of H and W."""
     swapped = ops.transpose(x, (0, 2, 1, 3))
-    return ops.transpose(_resize_height(swapped, matrix), (0, 2, 1, 3))
+    return ops.transpose(_resize_height(swapped, in_size, out_size, align_corners), (0, 2, 1, 3))
 
 
 def resize_bilinear_at(x, channel, size, align_corners: bool = False):
