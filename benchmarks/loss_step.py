@@ -8,14 +8,16 @@ backbone. Usage, on any backend:
 
 Prints the median milliseconds of each, their ratio, and (JAX) XLA's cost analysis of each
 compiled function (FLOPs and bytes accessed, device-independent counts of the compiled graph).
-`--resize gather` runs the losses' upsampling with two-tap gathers instead of the default dense
-matmuls (the losses' `resize_method`; the same sampling); `--resize matmul gather` times both in
-one process, and `--json` writes every figure.
+`--resize gather` runs the losses' upsampling with two-tap gathers instead of the default matmuls
+(the losses' `resize_method`; the same sampling); `--resize dense` runs the matmuls without their
+band (`ops.resize.interpolation_band`: the whole interpolation matrix, as before the band);
+`--resize dense matmul gather` times all three in one process, and `--json` writes every figure.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 
 import keras
@@ -26,6 +28,20 @@ from ssaseg_keras.benchmark.runner import median_ms, random_batch
 from ssaseg_keras.layers import SSAClassifier
 from ssaseg_keras.losses import baseline_loss_terms, ssa_loss_terms
 from ssaseg_keras.ops import resize as resize_ops
+
+
+@contextlib.contextmanager
+def upsampling(variant):
+    """`variant` is a --resize choice: "dense" is the matmul method with the band switched off."""
+    if variant != "dense":
+        yield variant
+        return
+    band = resize_ops.interpolation_band
+    resize_ops.interpolation_band = lambda *args: None
+    try:
+        yield "matmul"
+    finally:
+        resize_ops.interpolation_band = band
 
 
 def loss_and_grad_fn(classifier, kind, resize_method):
@@ -86,7 +102,7 @@ def main():
     parser.add_argument("--channels", type=int, default=256, help="decode-head channels (SegNeXt-T: 256)")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--resize", choices=resize_ops.RESIZE_METHODS, default=["matmul"], nargs="+",
+    parser.add_argument("--resize", choices=(*resize_ops.RESIZE_METHODS, "dense"), default=["matmul"], nargs="+",
                         help="how the losses upsample logits to label size (several: each in turn)")  # fmt: skip
     parser.add_argument("--json", help="write the figures (and conditions) to this file")
     args = parser.parse_args()
@@ -114,19 +130,23 @@ def main():
     for resize in args.resize:
         figures = report["results"][resize] = {}
         for kind in ("ssa", "baseline"):
-            call, jitted, values = loss_and_grad_fn(classifier, kind, resize)
+            with upsampling(resize) as method:
+                call, jitted, values = loss_and_grad_fn(classifier, kind, method)
 
-            def run(call=call):
+            def run(call=call, variant=resize):
                 # Reading the eight loss scalars waits for the step (one compiled program on JAX and
                 # TensorFlow; torch.cuda.synchronize on PyTorch) without copying gradients to the host.
-                terms, _ = call(features, labels)
-                dev.synchronize(terms)
+                # (PyTorch runs eagerly: the band is looked up on every call, so the variant wraps it.)
+                with upsampling(variant):
+                    terms, _ = call(features, labels)
+                    dev.synchronize(terms)
 
             median, samples = median_ms(run, args.iters, args.warmup)
             figures[f"{kind}_ms"], figures[f"{kind}_samples_ms"] = median, samples
             line = f"resize {resize:6s} {kind:8s} loss forward+backward {median:9.1f} ms"
             if jitted is not None:
-                cost = jitted.lower(values, features, labels).compile().cost_analysis()
+                with upsampling(resize):
+                    cost = jitted.lower(values, features, labels).compile().cost_analysis()
                 cost = cost[0] if isinstance(cost, list) else cost
                 figures[f"{kind}_xla_gflop"] = cost.get("flops", 0) / 1e9
                 figures[f"{kind}_xla_gb_accessed"] = cost.get("bytes accessed", 0) / 1e9
