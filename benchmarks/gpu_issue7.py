@@ -3,7 +3,7 @@
 A lent GPU session has ~15 device-minutes, at most 10 per call, and a fresh machine each session, so
 this runs what matters most first and never starts a step it cannot finish:
 
-    loss:jax                  the losses alone (benchmarks/loss_step.py), both upsampling methods
+    loss:jax                  the losses alone (benchmarks/loss_step.py): banded matmuls, dense, gathers
     bench:jax:mixed_bfloat16  `ssaseg-keras benchmark` SegNeXt-T 171 classes, SSA and baseline
     loss:torch
     bench:torch:mixed_float16
@@ -51,11 +51,12 @@ def parse_step(step):
 
 
 def faster_method(loss_json):
-    """The upsampling method with the lower SSA loss time in a loss_step.py JSON, or None."""
+    """The recipe upsampling method (matmul or gather; "dense" is only measured) with the lower SSA
+    loss time in a loss_step.py JSON, or None."""
     try:
         with open(loss_json) as f:
             results = json.load(f)["results"]
-        return min(results, key=lambda method: results[method]["ssa_ms"])
+        return min(("matmul", "gather"), key=lambda method: results[method]["ssa_ms"])
     except (OSError, ValueError, KeyError):
         return None
 
@@ -66,7 +67,7 @@ def command_for(step, args, out):
     if kind == "loss":
         path = os.path.join(out, f"loss_{backend}.json")
         return backend, path, [sys.executable, "benchmarks/loss_step.py", *sizes, "--size", str(args.size),
-                               "--resize", "matmul", "gather", "--json", path]  # fmt: skip
+                               "--resize", "matmul", "dense", "gather", "--json", path]  # fmt: skip
     method = args.loss_resize
     if method == "auto":
         method = faster_method(os.path.join(out, f"loss_{backend}.json")) or "matmul"
