@@ -3,7 +3,7 @@
 A lent GPU session has ~15 device-minutes, at most 10 per call, and a fresh machine each session, so
 this runs what matters most first and never starts a step it cannot finish:
 
-    loss:jax                  the losses alone (benchmarks/loss_step.py): banded matmuls, dense, gathers
+    loss:jax                  the losses alone (benchmarks/loss_step.py): matmul, banded, gather
     bench:jax:mixed_bfloat16  `ssaseg-keras benchmark` SegNeXt-T 171 classes, SSA and baseline
     loss:torch
     bench:torch:mixed_float16
@@ -51,12 +51,12 @@ def parse_step(step):
 
 
 def faster_method(loss_json):
-    """The recipe upsampling method (matmul or gather; "dense" is only measured) with the lower SSA
-    loss time in a loss_step.py JSON, or None."""
+    """The upsampling method (`train.loss_resize`) with the lower SSA loss time in a loss_step.py
+    JSON, or None."""
     try:
         with open(loss_json) as f:
             results = json.load(f)["results"]
-        return min(("matmul", "gather"), key=lambda method: results[method]["ssa_ms"])
+        return min(results, key=lambda method: results[method]["ssa_ms"])
     except (OSError, ValueError, KeyError):
         return None
 
@@ -67,7 +67,7 @@ def command_for(step, args, out):
     if kind == "loss":
         path = os.path.join(out, f"loss_{backend}.json")
         return backend, path, [sys.executable, "benchmarks/loss_step.py", *sizes, "--size", str(args.size),
-                               "--resize", "matmul", "dense", "gather", "--json", path]  # fmt: skip
+                               "--resize", "matmul", "banded", "gather", "--json", path]  # fmt: skip
     method = args.loss_resize
     if method == "auto":
         method = faster_method(os.path.join(out, f"loss_{backend}.json")) or "matmul"
@@ -115,7 +115,7 @@ def main(argv=None):
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--iters", type=int, default=20)
     parser.add_argument("--warmup", type=int, default=10)
-    parser.add_argument("--loss-resize", choices=("auto", "matmul", "gather"), default="auto")
+    parser.add_argument("--loss-resize", choices=("auto", "matmul", "banded", "gather"), default="auto")
     parser.add_argument("--compile-loss", action="store_true",
                         help="PyTorch steps: train.compile_loss=true (the loss terms through torch.compile)")  # fmt: skip
     args = parser.parse_args(argv)

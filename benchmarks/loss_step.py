@@ -8,16 +8,16 @@ backbone. Usage, on any backend:
 
 Prints the median milliseconds of each, their ratio, and (JAX) XLA's cost analysis of each
 compiled function (FLOPs and bytes accessed, device-independent counts of the compiled graph).
-`--resize gather` runs the losses' upsampling with two-tap gathers instead of the default matmuls
-(the losses' `resize_method`; the same sampling); `--resize dense` runs the matmuls without their
-band (`ops.resize.interpolation_band`: the whole interpolation matrix, as before the band);
-`--resize dense matmul gather` times all three in one process, and `--json` writes every figure.
+`--resize banded` / `--resize gather` run the losses' upsampling with banded matmuls or two-tap
+gathers instead of the default dense matmuls (the losses' `resize_method`, the recipe's
+`train.loss_resize`; the same sampling); `--resize matmul banded gather` times all three in one
+process, and `--json` writes every figure. On JAX each line also gives XLA's cost analysis and
+its peak temporary memory of the compiled function (the memory side of the choice).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 
 import keras
@@ -28,20 +28,6 @@ from ssaseg_keras.benchmark.runner import median_ms, random_batch
 from ssaseg_keras.layers import SSAClassifier
 from ssaseg_keras.losses import baseline_loss_terms, ssa_loss_terms
 from ssaseg_keras.ops import resize as resize_ops
-
-
-@contextlib.contextmanager
-def upsampling(variant):
-    """`variant` is a --resize choice: "dense" is the matmul method with the band switched off."""
-    if variant != "dense":
-        yield variant
-        return
-    band = resize_ops.interpolation_band
-    resize_ops.interpolation_band = lambda *args: None
-    try:
-        yield "matmul"
-    finally:
-        resize_ops.interpolation_band = band
 
 
 def loss_and_grad_fn(classifier, kind, resize_method):
@@ -102,7 +88,7 @@ def main():
     parser.add_argument("--channels", type=int, default=256, help="decode-head channels (SegNeXt-T: 256)")
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--resize", choices=(*resize_ops.RESIZE_METHODS, "dense"), default=["matmul"], nargs="+",
+    parser.add_argument("--resize", choices=resize_ops.RESIZE_METHODS, default=["matmul"], nargs="+",
                         help="how the losses upsample logits to label size (several: each in turn)")  # fmt: skip
     parser.add_argument("--json", help="write the figures (and conditions) to this file")
     args = parser.parse_args()
@@ -130,28 +116,29 @@ def main():
     for resize in args.resize:
         figures = report["results"][resize] = {}
         for kind in ("ssa", "baseline"):
-            with upsampling(resize) as method:
-                call, jitted, values = loss_and_grad_fn(classifier, kind, method)
+            call, jitted, values = loss_and_grad_fn(classifier, kind, resize)
 
-            def run(call=call, variant=resize):
+            def run(call=call):
                 # Reading the eight loss scalars waits for the step (one compiled program on JAX and
                 # TensorFlow; torch.cuda.synchronize on PyTorch) without copying gradients to the host.
-                # (PyTorch runs eagerly: the band is looked up on every call, so the variant wraps it.)
-                with upsampling(variant):
-                    terms, _ = call(features, labels)
-                    dev.synchronize(terms)
+                terms, _ = call(features, labels)
+                dev.synchronize(terms)
 
             median, samples = median_ms(run, args.iters, args.warmup)
             figures[f"{kind}_ms"], figures[f"{kind}_samples_ms"] = median, samples
             line = f"resize {resize:6s} {kind:8s} loss forward+backward {median:9.1f} ms"
             if jitted is not None:
-                with upsampling(resize):
-                    cost = jitted.lower(values, features, labels).compile().cost_analysis()
+                compiled = jitted.lower(values, features, labels).compile()
+                cost = compiled.cost_analysis()
                 cost = cost[0] if isinstance(cost, list) else cost
                 figures[f"{kind}_xla_gflop"] = cost.get("flops", 0) / 1e9
                 figures[f"{kind}_xla_gb_accessed"] = cost.get("bytes accessed", 0) / 1e9
                 line += (f"   XLA: {figures[f'{kind}_xla_gflop']:.1f} GFLOP,"
                          f" {figures[f'{kind}_xla_gb_accessed']:.2f} GB accessed")  # fmt: skip
+                memory = compiled.memory_analysis()
+                if memory is not None:
+                    figures[f"{kind}_xla_temp_gib"] = memory.temp_size_in_bytes / 2**30
+                    line += f", {figures[f'{kind}_xla_temp_gib']:.2f} GiB temporaries"
             print(line, flush=True)
         figures["ratio"] = figures["ssa_ms"] / figures["baseline_ms"]
         print(f"resize {resize:6s} ratio SSA / baseline: {figures['ratio']:.2f}x", flush=True)

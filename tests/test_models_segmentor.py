@@ -79,7 +79,7 @@ def test_training_output_feeds_the_ssa_loss(ssa_model):
 
 def test_loss_upsampling_method_is_the_models_and_changes_no_number(ssa_model, baseline_model, monkeypatch):
     """`loss_resize_method` (the recipe's train.loss_resize) reaches every upsampling of the losses;
-    "gather" and "matmul" give the same terms."""
+    "banded" and "gather" give the same terms as "matmul"."""
     import ssaseg_keras.losses.ssa as ssa_losses
     from ssaseg_keras.ops.resize import resize_bilinear
 
@@ -94,7 +94,7 @@ def test_loss_upsampling_method_is_the_models_and_changes_no_number(ssa_model, b
     for model in (ssa_model, baseline_model):
         out = model(images, training=True)
         terms = {}
-        for method in ("matmul", "gather"):
+        for method in ("matmul", "banded", "gather"):
             used.clear()
             model.loss_resize_method = method
             try:
@@ -103,9 +103,10 @@ def test_loss_upsampling_method_is_the_models_and_changes_no_number(ssa_model, b
                 model.loss_resize_method = "matmul"
             assert used and set(used) == {method}
             terms[method] = {k: float(ops.convert_to_numpy(v)) for k, v in values.items()}
-        assert sorted(terms["gather"]) == sorted(model.loss_term_names)
+        assert sorted(terms["gather"]) == sorted(terms["banded"]) == sorted(model.loss_term_names)
         for name, value in terms["matmul"].items():
             np.testing.assert_allclose(terms["gather"][name], value, rtol=2e-5, atol=1e-6)
+            np.testing.assert_allclose(terms["banded"][name], value, rtol=2e-5, atol=1e-6)
 
 
 def test_baseline_loss_is_main_ce_and_accepts_channel_labels(baseline_model):

@@ -10,7 +10,7 @@ from conftest import to_numpy
 from ssaseg_keras.ops import downsample_labels, resize_bilinear
 
 
-@pytest.mark.parametrize("method", ["matmul", "gather"])
+@pytest.mark.parametrize("method", ["matmul", "banded", "gather"])
 @pytest.mark.parametrize("align_corners", [False, True])
 @pytest.mark.parametrize("size", [(16, 20), (3, 4), (7, 30), (20, 5), (1, 1), (14, 18)])
 def test_bilinear_matches_torch(size, align_corners, method):
@@ -84,7 +84,7 @@ def test_bilinear_at_picks_the_resized_channel_like_torch(size, align_corners):
     "in_size, size", [((12, 14), (96, 112)), ((16, 10), (32, 40)), ((9, 10), (33, 40)), ((13, 8), (64, 32))]
 )
 def test_banded_upsampling_matches_torch_with_its_gradient(in_size, size, align_corners):
-    """Upsampling by 2-8x runs the interpolation matrix's band (`interpolation_band`), also where
+    """method="banded", upsampling by 2-8x, runs the interpolation matrix's band (`interpolation_band`), also where
     sampling positions fall exactly on input rows (9 -> 33 with align_corners) and where the output
     size is no multiple of the input's: torch's values and input gradient."""
     from conftest import value_and_grad
@@ -102,9 +102,10 @@ def test_banded_upsampling_matches_torch_with_its_gradient(in_size, size, align_
     ).permute(0, 2, 3, 1)
     (expected * torch.tensor(weights)).sum().backward()
     value, grad = value_and_grad(
-        lambda v: ops.sum(resize_bilinear(v, size, align_corners) * ops.convert_to_tensor(weights)), x
+        lambda v: ops.sum(resize_bilinear(v, size, align_corners, "banded") * ops.convert_to_tensor(weights)), x
     )
-    np.testing.assert_allclose(to_numpy(resize_bilinear(x, size, align_corners)), expected.detach().numpy(), atol=2e-6)
+    resized = resize_bilinear(x, size, align_corners, "banded")
+    np.testing.assert_allclose(to_numpy(resized), expected.detach().numpy(), atol=2e-6)
     np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-5, atol=1e-5)  # sums of up to 64 terms
 
 
@@ -118,3 +119,18 @@ def test_band_is_only_used_where_it_saves_work():
     block, window, starts = interpolation_band(32, 256, True)
     assert (block, window, len(starts)) == (8, 3, 32)
     assert starts[0] == 0 and starts[-1] == 32 - 3
+
+
+def test_banded_upsampling_compiles_without_graph_breaks():
+    """The band's layout is Python arithmetic on static sizes, so the backend's compiler takes the
+    banded resize whole (torch.compile fullgraph, XLA): the same values as eager."""
+    from conftest import compile_fn
+    from keras import ops
+
+    x = np.random.default_rng(5).normal(size=(2, 8, 10, 3)).astype("float32")
+
+    def banded(v):
+        return resize_bilinear(v, (64, 40), True, "banded")
+
+    compiled = compile_fn(banded)(ops.convert_to_tensor(x))
+    np.testing.assert_allclose(to_numpy(compiled), to_numpy(banded(x)), rtol=1e-6, atol=1e-6)

@@ -168,7 +168,7 @@ def test_overrides_are_yaml_values(tmp_path):
         ("train.lr=-1", "train.lr: must be > 0.0"),
         ("train.precision=fp8", "train.precision: must be one of float32, mixed_float16, mixed_bfloat16"),
         ("train.batch_size=0", "train.batch_size: must be >= 1"),
-        ("train.loss_resize=nearest", "train.loss_resize: must be one of matmul, gather, got 'nearest'"),
+        ("train.loss_resize=nearest", "train.loss_resize: must be one of matmul, banded, gather, got 'nearest'"),
         ("train.compile_loss=sometimes", "train.compile_loss: must be true or false, got 'sometimes'"),
         ("train.epochs=3", "train.epochs: unknown key"),
         ("eval.mode=tiles", "eval.mode: must be one of whole, slide"),

@@ -61,7 +61,7 @@ def test_teacher_path_matches_reference(golden_head, golden_layer):
     assert relative_error(to_numpy(teacher["logits"]), nchw_to_nhwc(golden_head["out/teacher_logits"])) < 1e-5
 
 
-@pytest.mark.parametrize("resize_method", ["matmul", "gather"])
+@pytest.mark.parametrize("resize_method", ["matmul", "banded", "gather"])
 def test_losses_match_reference(golden_head, golden_layer, resize_method):
     features = nchw_to_nhwc(golden_head["input/feat"])
     labels = golden_head["input/labels"].astype("int32")

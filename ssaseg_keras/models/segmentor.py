@@ -95,8 +95,8 @@ class Segmentor(keras.Model):
         backbone: a functional model from images to the list of 4 stage features (NHWC).
         decode_head: a layer from that list to the features F (B, h, w, C).
         classifier: `PixelClassifier` (baseline) or `SSAClassifier`.
-        loss_resize_method: how the losses upsample logits to label size ("matmul" or "gather":
-            the same numbers, a speed choice per device; the recipe's `train.loss_resize`).
+        loss_resize_method: how the losses upsample logits to label size ("matmul", "banded" or
+            "gather": the same numbers, a speed and memory choice per device; the recipe's `train.loss_resize`).
         ssa_loss_weights: SSA only, {term: weight} for the eight terms (missing terms take
             `ssaseg_keras.losses.DEFAULT_SSA_LOSS_WEIGHTS`, the reference's: 10 for `semantic_distill`, 0.4 for
             `spatial_distill`, 1 for the rest).

@@ -1,8 +1,8 @@
 """Resizes that reproduce PyTorch's `F.interpolate` exactly, on every Keras backend.
 
 Bilinear resizing is written as two small interpolation matrices (built from the static shapes,
-constant-folded by the compilers) applied as matmuls: out = A_h @ x @ A_w^T (when upsampling, only
-the band of A around its diagonal: `interpolation_band`). This gives bit-for-bit the same
+constant-folded by the compilers) applied as matmuls: out = A_h @ x @ A_w^T (method "banded": when
+upsampling, only the band of A around its diagonal, `interpolation_band`). This gives bit-for-bit the same
 sampling positions as torch's `align_corners=False` (half-pixel centres, no antialiasing, clamped
 at the border) and `align_corners=True` on TensorFlow, JAX and PyTorch alike, is differentiable,
 compiles to matmuls, and works for up- and down-sampling. (`keras.ops.image.resize` antialiases
@@ -64,7 +64,7 @@ def bilinear_matrix(in_size: int, out_size: int, align_corners: bool):
     return lo_weight + hi_weight
 
 
-RESIZE_METHODS = ("matmul", "gather")
+RESIZE_METHODS = ("matmul", "banded", "gather")
 
 
 def resize_bilinear(x, size, align_corners: bool = False, method: str = "matmul"):
@@ -75,10 +75,12 @@ def resize_bilinear(x, size, align_corners: bool = False, method: str = "matmul"
         size: (out_H, out_W): Python ints, or dynamic sizes (e.g. `ops.shape(y)[1:3]` in a graph
             with unknown sizes; `resize_logits` then, whatever the method).
         align_corners: torch's `align_corners` (False = half-pixel centres).
-        method: "matmul" (per axis, matmuls with the interpolation matrix: when upsampling, cut
-            into bands of a few input rows, `interpolation_band`, so ~3-5 multiply-adds per output
-            value instead of in_size; dense otherwise) or "gather" (two taps per axis: element-wise
-            ops that a compiler may fuse into the consumer). The same sampling; see BENCHMARKS.md.
+        method: "matmul" (per axis, one dense matmul with the interpolation matrix: in_size
+            multiply-adds per output value, no extra memory), "banded" (when upsampling, the matrix
+            cut into bands of a few input rows, `interpolation_band`: ~3 multiply-adds per output
+            value, but the gathered windows hold ~3x the input to each matmul: faster on CPU, more
+            memory) or "gather" (two taps per axis: element-wise ops that a compiler may fuse into
+            the consumer). The same sampling; see BENCHMARKS.md.
 
     Returns:
         (B, out_H, out_W, C) tensor in x's dtype (cast logits to float32 first when they feed a
@@ -100,12 +102,13 @@ def resize_bilinear(x, size, align_corners: bool = False, method: str = "matmul"
     # tensor transposed; transpose where it is smaller: before the height axis when upsampling (so
     # an image-size tensor is never transposed or copied), after it when downsampling.
     width_first = in_h <= out_h
+    banded = method == "banded"
     if width_first and in_w != out_w:
-        x = _resize_width(x, in_w, out_w, align_corners)
+        x = _resize_width(x, in_w, out_w, align_corners, banded)
     if in_h != out_h:
-        x = _resize_height(x, in_h, out_h, align_corners)
+        x = _resize_height(x, in_h, out_h, align_corners, banded)
     if not width_first and in_w != out_w:
-        x = _resize_width(x, in_w, out_w, align_corners)
+        x = _resize_width(x, in_w, out_w, align_corners, banded)
     return x
 
 
@@ -164,14 +167,14 @@ def interpolation_band(in_size: int, out_size: int, align_corners: bool):
     return block, window, tuple(min(first, in_size - window) for first in firsts)
 
 
-def _resize_height(x, in_size, out_size, align_corners):
+def _resize_height(x, in_size, out_size, align_corners, banded=False):
     """(B, H, W, C) -> (B, out, W, C) along the height axis, as matmuls over the contiguous
-    (B, H, W*C) view (no transpose, no copy of x): banded when upsampling (`interpolation_band`),
-    else one dense (out, H) interpolation matrix."""
+    (B, H, W*C) view (no transpose, no copy of x): with `banded`, by bands where upsampling
+    (`interpolation_band`), else one dense (out, H) interpolation matrix."""
     width, channels = x.shape[2], x.shape[3]
     flat = ops.reshape(x, (-1, in_size, width * channels))
     matrix = ops.cast(bilinear_matrix(in_size, out_size, align_corners), x.dtype)
-    band = interpolation_band(in_size, out_size, align_corners)
+    band = interpolation_band(in_size, out_size, align_corners) if banded else None
     if band is None:
         return ops.reshape(ops.matmul(matrix, flat), (-1, out_size, width, channels))
     block, window, starts = band
@@ -186,10 +189,10 @@ def _resize_height(x, in_size, out_size, align_corners):
     return ops.reshape(out, (-1, out_size, width, channels))
 
 
-def _resize_width(x, in_size, out_size, align_corners):
+def _resize_width(x, in_size, out_size, align_corners, banded=False):
     """(B, H, W, C) -> (B, H, out, C): `_resize_height` between two transposes of H and W."""
     swapped = ops.transpose(x, (0, 2, 1, 3))
-    return ops.transpose(_resize_height(swapped, in_size, out_size, align_corners), (0, 2, 1, 3))
+    return ops.transpose(_resize_height(swapped, in_size, out_size, align_corners, banded), (0, 2, 1, 3))
 
 
 def resize_bilinear_at(x, channel, size, align_corners: bool = False):
