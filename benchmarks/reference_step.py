@@ -36,6 +36,7 @@ import types
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+INSTALL = "pip install torch==2.13.0 mmcv-lite==2.1.0 mmengine 'mmsegmentation==1.2.2' ftfy regex opencv-python-headless"
 
 
 def install_reference_shims(reference_dir):
@@ -46,15 +47,24 @@ def install_reference_shims(reference_dir):
     `mmseg.ops.resize`, `mmcv.runner.BaseModule`, `mmcv.cnn.utils.weight_init`, and mmseg 0.x's
     `BaseDecodeHead.losses` / `forward_train`. Its package `models` is set up without running its
     `__init__` (which imports every family and their extra dependencies)."""
+    root = os.path.abspath(reference_dir)
+    if not os.path.isfile(os.path.join(root, "models", "decode_heads", "ham_head_ssa.py")):
+        raise SystemExit(
+            f"--reference {reference_dir}: not a clone of xwmaxwma/SSAClassifier (no models/decode_heads/ham_head_ssa.py)"
+        )
     sys.path.insert(0, os.path.join(HERE, "..", "tests", "reference_tools"))
     from mmseg_stub import stub_mmcv_ops
 
     stub_mmcv_ops()
-    import mmengine.model
-    import mmengine.model.weight_init
-    import torch
-    from mmseg.models.decode_heads.decode_head import BaseDecodeHead
-    from mmseg.models.utils import resize
+    try:
+        import cv2  # noqa: F401  (the reference's distillation loss runs cv2.Canny)
+        import mmengine.model
+        import mmengine.model.weight_init
+        import torch
+        from mmseg.models.decode_heads.decode_head import BaseDecodeHead
+        from mmseg.models.utils import resize
+    except ImportError as error:
+        raise SystemExit(f"the reference needs mmsegmentation 1.2.2 and friends ({error}): {INSTALL}") from None
 
     class NoRegistry:
         def register_module(self, *args, **kwargs):
@@ -91,9 +101,6 @@ def install_reference_shims(reference_dir):
     decode_head.BaseDecodeHead = DecodeHead0x
     sys.modules["mmseg.models.decode_heads.decode_head"] = decode_head
 
-    root = os.path.abspath(reference_dir)
-    if not os.path.isfile(os.path.join(root, "models", "decode_heads", "ham_head_ssa.py")):
-        raise SystemExit(f"--reference {reference_dir}: not a clone of xwmaxwma/SSAClassifier (no models/decode_heads/ham_head_ssa.py)")
     for package in ("models", "models.backbones", "models.decode_heads", "models.losses"):
         module = types.ModuleType(package)
         module.__path__ = [os.path.join(root, *package.split("."))]
@@ -170,6 +177,12 @@ def main():
                         help="a recipe override for ours, e.g. train.compile_loss=true")  # fmt: skip
     parser.add_argument("--json", help="write the figures (and conditions) to this file")
     args = parser.parse_args()
+    # Ours needs multiples of 32; the reference's boundary mask crops 6 pixels from each side of the
+    # 1/8-size label map, so it needs more than 12 of them.
+    if args.size % 32 or args.size < 128:
+        parser.error(f"--size {args.size}: must be a multiple of 32 and at least 128")
+    if args.batch < 1 or args.iters < 1 or args.warmup < 0:
+        parser.error("--batch and --iters must be >= 1, --warmup >= 0")
 
     import keras
 
@@ -178,7 +191,12 @@ def main():
     from ssaseg_keras.benchmark import benchmark
     from ssaseg_keras.benchmark.runner import median_ms, random_batch
     from ssaseg_keras.recipes import load_recipe
+    from ssaseg_keras.utils.errors import UserError
 
+    try:  # checked before the reference runs: a bad --set is one line, not minutes later
+        recipe = load_recipe(os.path.join(HERE, "..", "recipes", "segnext_t_coco.yaml"), args.set)
+    except UserError as error:
+        raise SystemExit(f"error: {error}") from None
     classes = install_reference_shims(args.reference)
     torch = classes["torch"]
     images, labels = random_batch(args.batch, (args.size, args.size), 171, seed=0)
@@ -187,8 +205,10 @@ def main():
         print(f"[{name}] {args.warmup} warm-up + {args.iters} timed steps ...", flush=True)
         figures[name], _ = median_ms(reference_step(classes, head, images, labels), args.iters, args.warmup)
     print("[ours] ssaseg_keras.benchmark (baseline, then SSA) ...", flush=True)
-    recipe = load_recipe(os.path.join(HERE, "..", "recipes", "segnext_t_coco.yaml"), args.set)
-    report = benchmark(recipe, args.batch, (args.size, args.size), args.iters, args.warmup, precision="float32")
+    try:
+        report = benchmark(recipe, args.batch, (args.size, args.size), args.iters, args.warmup, precision="float32")
+    except UserError as error:  # e.g. a precision the device lacks: one line, as the CLI says it
+        raise SystemExit(f"error: {error}") from None
     figures["ours_baseline"] = report["models"]["baseline"]["train_step_ms"]
     figures["ours_ssa"] = report["models"]["model"]["train_step_ms"]
 

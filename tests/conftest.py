@@ -53,8 +53,8 @@ def value_and_grad(fn, x):
 
 
 def run_once(fn, *args):
-    """fn(*args) with every output as NumPy (a dict, list or tuple of tensors, or one), for forward
-    passes of built models in tests. On JAX it runs under one `jax.jit`: eager JAX compiles one XLA
+    """fn(*args) with every output as NumPy (a dict, list or tuple of tensors, or one), for calls on
+    built layers in tests (the SSA loss terms). On JAX it runs under one `jax.jit`: eager JAX compiles one XLA
     program per op and shape (a tiny UperNet-Swin's first forward: 843 compiles, 25 s; jitted, 3 s).
     Inside, a `keras.StatelessScope` keeps variable updates (BatchNorm statistics, seed states) out of
     the model, so use it for inference-like calls whose state changes the test does not read. The

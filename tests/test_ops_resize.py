@@ -134,3 +134,27 @@ def test_banded_upsampling_compiles_without_graph_breaks():
 
     compiled = compile_fn(banded)(ops.convert_to_tensor(x))
     np.testing.assert_allclose(to_numpy(compiled), to_numpy(banded(x)), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_band_holds_every_tap_of_torchs_interpolation(align_corners):
+    """For every upsampling from 2..48 rows by 1.2x-9x, each output row's non-zero weights in torch's
+    own interpolation matrix (F.interpolate of an identity) fall inside its block's window: the
+    band's float64 positions and their margin never drop a tap that torch's float32 positions use."""
+    from ssaseg_keras.ops.resize import interpolation_band
+
+    checked = 0
+    for in_size in range(2, 49):
+        for out_size in sorted({int(in_size * f) for f in (1.2, 1.5, 2, 2.5, 3, 4, 5.3, 8, 9)} | {4 * in_size + 1}):
+            band = interpolation_band(in_size, out_size, align_corners)
+            if band is None:
+                continue
+            block, window, starts = band
+            matrix = torch.nn.functional.interpolate(
+                torch.eye(in_size)[None], size=out_size, mode="linear", align_corners=align_corners
+            )[0].T.numpy()  # (out, in): row i holds output i's weights
+            rows, columns = np.nonzero(matrix)
+            first = np.asarray(starts)[rows // block]
+            assert ((columns >= first) & (columns < first + window)).all(), (in_size, out_size)
+            checked += 1
+    assert checked > 300  # the band is taken for most of these sizes
