@@ -15,6 +15,10 @@ if _keras.backend.backend() == "torch":  # Keras' PyTorch convolutions without l
     from ssaseg_keras.ops import torch_layout as _torch_layout
 
     _torch_layout.install_from_environment()
+elif _keras.backend.backend() == "jax":  # depthwise convolutions as shifted multiply-adds on the CPU
+    from ssaseg_keras.ops import jax_depthwise as _jax_depthwise
+
+    _jax_depthwise.install_from_environment()
 
 # Registration happens on import; the reference-name mappings (`convert`) ride along, so parameter
 # groups and checkpoint conversion find them whatever was imported first.

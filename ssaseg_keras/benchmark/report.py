@@ -36,7 +36,8 @@ def format_report(report):
         f"precision {c['precision']}  global batch {c['batch']}  size {c['image_size'][0]}x{c['image_size'][1]}  "
         f"median of {c['iters']} after {c['warmup']} warm-up  loss upsampling {c.get('loss_resize', 'matmul')}"
         + ("  compiled loss terms" if c.get("compile_loss") and c["backend"] == "torch" else "")
-        + (f"  conv layout {c['torch_conv_layout']}" if c.get("torch_conv_layout") else ""),
+        + (f"  conv layout {c['torch_conv_layout']}" if c.get("torch_conv_layout") else "")
+        + (f"  depthwise {c['jax_depthwise']}" if c.get("jax_depthwise") else ""),
         "",
     ]
     main_name = "SSA" if models["model"]["ssa"] else "model"

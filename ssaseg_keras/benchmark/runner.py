@@ -35,6 +35,16 @@ def torch_conv_layout():
     return torch_layout.layout_in_use()
 
 
+def jax_depthwise_mode():
+    """JAX: how depthwise convolutions run (`ops.jax_depthwise`: auto, shifted or keras); None on other
+    backends."""
+    if keras.backend.backend() != "jax":
+        return None
+    from ssaseg_keras.ops import jax_depthwise
+
+    return jax_depthwise.mode_in_use()
+
+
 def random_batch(batch, size, num_classes, seed=0):
     """Images (B, H, W, 3) float32 ~ N(0, 1) and labels (B, H, W) int32 made of random rectangular
     blobs of classes, about 5% of them ignore (255)."""
@@ -263,6 +273,7 @@ def benchmark(
         "loss_resize": recipe["train"]["loss_resize"],
         "compile_loss": bool(recipe["train"]["compile_loss"]),
         "torch_conv_layout": torch_conv_layout(),
+        "jax_depthwise": jax_depthwise_mode(),
         "batch": batch,
         "image_size": list(size),
         "devices": plan.devices if plan is not None else 1,
