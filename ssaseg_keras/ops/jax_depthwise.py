@@ -19,8 +19,9 @@ float32 numbers, added tap by tap), so results agree with the grouped conv to fl
 - `shifted`: shifted multiply-adds wherever the layout allows (any device, any size);
 - `keras`: Keras' own grouped conv everywhere.
 
-Only channels-last 2-D convolutions with dilation 1, depth multiplier 1 and "same" / "valid"
-padding take the shifted form (strides any); everything else goes through Keras' function.
+Only channels-last 2-D convolutions with static sizes, dilation 1, depth multiplier 1 and "same" /
+"valid" padding take the shifted form (strides any); everything else -- Keras' shape inference with
+symbolic batch sizes included -- goes through Keras' function.
 """
 
 from __future__ import annotations
