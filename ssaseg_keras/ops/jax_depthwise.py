@@ -1,9 +1,9 @@
 """JAX backend on CPU: depthwise convolutions as shifted multiply-adds instead of XLA's grouped conv.
 
 Keras 3 runs `depthwise_conv` on JAX as `lax.conv_general_dilated(feature_group_count=C)`. XLA's CPU
-backend executes that grouped convolution (and its two gradients) about 1.5-16x slower than the
+backend executes that grouped convolution (and its two gradients) about 1.6-16x slower than the
 same arithmetic written as one multiply-add per kernel tap over shifted views of the padded input,
-which XLA fuses into a few loops (BENCHMARKS.md, "JAX on CPU: depthwise convolutions"): SegNeXt's
+which XLA fuses into a few loops (BENCHMARKS.md, "Issue 19 on CPU", lever 8): SegNeXt's
 MSCAN, whose blocks run five strip / square depthwise convolutions and a 3x3 one at 4-8x width,
 trained ~2x faster per step with it. The sum is the same per output value (products of the same
 float32 numbers, added tap by tap), so results agree with the grouped conv to float32 rounding
